@@ -1,0 +1,42 @@
+//! The server's view of the actor system: the running tree plus the typed handles handlers use
+//! (`state.actors.carts`, ...). Each domain adds its handle and its child spec here.
+
+use std::time::Duration;
+
+use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy};
+
+use crate::config::Settings;
+
+pub struct Actors {
+    system: ActorSystem,
+}
+
+impl Actors {
+    /// Starts the supervision tree with the children the settings call for, plus `extra` (tests
+    /// add probe children to exercise supervision).
+    pub async fn start(settings: &Settings, extra: Vec<ChildSpec>) -> anyhow::Result<Self> {
+        let config = ActorSystemConfig {
+            name_prefix: settings.actors.name_prefix.clone(),
+            restart: RestartPolicy {
+                max_restarts: settings.actors.max_restarts,
+                within: Duration::from_secs(settings.actors.restart_window_secs),
+            },
+            stop_timeout: Duration::from_secs(10),
+        };
+        let children = extra;
+        let system = ActorSystem::start(&config, children).await?;
+        Ok(Self { system })
+    }
+
+    pub fn system(&self) -> &ActorSystem {
+        &self.system
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.system.is_running()
+    }
+
+    pub async fn shutdown(&self) {
+        self.system.shutdown().await;
+    }
+}

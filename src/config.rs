@@ -1,0 +1,395 @@
+//! Configuration: `config/default.toml` → `config/$SHOP_ENV.toml` → `SHOP__SECTION__KEY` environment
+//! variables (and `DATABASE_URL`). Both files are embedded in the binary, so it runs from any
+//! directory; copies in `$SHOP_CONFIG_DIR` (default `./config`) override the embedded ones.
+//! Secrets are [`SecretString`]s: they never appear in `Debug` output or logs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The dev value of `auth.jwt_secret` shipped in `config/default.toml`.
+const DEV_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Dev,
+    Test,
+    Production,
+}
+
+impl Profile {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match std::env::var("SHOP_ENV").as_deref() {
+            Err(_) | Ok("dev") | Ok("") => Ok(Self::Dev),
+            Ok("test") => Ok(Self::Test),
+            Ok("production") => Ok(Self::Production),
+            Ok(other) => Err(ConfigError::Invalid(format!(
+                "SHOP_ENV must be dev, test or production, not {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dev => "dev",
+            Self::Test => "test",
+            Self::Production => "production",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(skip_deserializing, default = "default_profile")]
+    pub profile: Profile,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub bootstrap: BootstrapSettings,
+    pub cache: CacheSettings,
+    pub redis: RedisSettings,
+    pub jobs: JobsSettings,
+    pub amqp: AmqpSettings,
+    pub storage: StorageSettings,
+    #[serde(default)]
+    pub s3: S3Settings,
+    pub payments: PaymentsSettings,
+    #[serde(default)]
+    pub stripe: StripeSettings,
+    pub checkout: CheckoutSettings,
+    pub email: EmailSettings,
+    pub smtp: SmtpSettings,
+    pub store: StoreSettings,
+    pub actors: ActorSettings,
+    pub rate_limit: RateLimitSettings,
+    pub log: LogSettings,
+    #[serde(default)]
+    pub testing: TestingSettings,
+}
+
+fn default_profile() -> Profile {
+    Profile::Dev
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub request_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout_secs: u64,
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: SecretString,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    pub issuer: String,
+    pub audience: String,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub hash_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BootstrapSettings {
+    pub admin_email: Option<String>,
+    pub admin_password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CacheSettings {
+    pub backend: CacheBackend,
+    pub listing_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobsBackend {
+    Memory,
+    Rabbitmq,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobsSettings {
+    pub backend: JobsBackend,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    pub backend: StorageBackend,
+    pub local_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentProvider {
+    Simulated,
+    Stripe,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentsSettings {
+    pub provider: PaymentProvider,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StripeSettings {
+    pub secret_key: Option<SecretString>,
+    pub webhook_secret: Option<SecretString>,
+    pub api_base: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckoutSettings {
+    pub reservation_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailBackend {
+    File,
+    Smtp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmailSettings {
+    pub backend: EmailBackend,
+    pub from: String,
+    pub file_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmtpSettings {
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoreSettings {
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActorSettings {
+    pub name_prefix: String,
+    pub max_restarts: usize,
+    pub restart_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub per_ip_per_second: u32,
+    pub per_ip_burst: u32,
+    pub login_failures_per_email: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TestingSettings {
+    pub test_routes: bool,
+}
+
+fn embedded(profile: Profile) -> &'static str {
+    match profile {
+        Profile::Dev => include_str!("../config/dev.toml"),
+        Profile::Test => include_str!("../config/test.toml"),
+        Profile::Production => include_str!("../config/production.toml"),
+    }
+}
+
+impl Settings {
+    /// Loads the profile named by `SHOP_ENV` and validates it.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_profile(Profile::from_env()?)
+    }
+
+    pub fn load_profile(profile: Profile) -> Result<Self, ConfigError> {
+        let dir = std::env::var_os("SHOP_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let mut builder = Config::builder()
+            .add_source(File::from_str(
+                include_str!("../config/default.toml"),
+                FileFormat::Toml,
+            ))
+            .add_source(File::from_str(embedded(profile), FileFormat::Toml))
+            .add_source(File::from(dir.join("default.toml")).required(false))
+            .add_source(File::from(dir.join(format!("{}.toml", profile.as_str()))).required(false))
+            .add_source(
+                Environment::with_prefix("SHOP")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("server.cors_allowed_origins"),
+            );
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            builder = builder.set_override("database.url", url)?;
+        }
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.profile = profile;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Refuses settings that are unsafe or inconsistent. Runs at every start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let secret = self.auth.jwt_secret.expose_secret();
+        if secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "auth.jwt_secret must be at least {MIN_JWT_SECRET_BYTES} bytes"
+            )));
+        }
+        if self.profile == Profile::Production {
+            if secret == DEV_JWT_SECRET {
+                return Err(ConfigError::Invalid(
+                    "auth.jwt_secret is the dev default; set SHOP__AUTH__JWT_SECRET".into(),
+                ));
+            }
+            if self.testing.test_routes {
+                return Err(ConfigError::Invalid(
+                    "testing.test_routes cannot be enabled in production".into(),
+                ));
+            }
+        }
+        if self.auth.argon2_memory_kib < 19456
+            || self.auth.argon2_iterations < 2
+            || self.auth.argon2_parallelism < 1
+        {
+            return Err(ConfigError::Invalid(
+                "argon2 parameters below the OWASP minimum (m = 19456 KiB, t = 2, p = 1)".into(),
+            ));
+        }
+        let currency = &self.store.currency;
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_lowercase()) {
+            return Err(ConfigError::Invalid(
+                "store.currency must be a lower-case ISO 4217 code such as usd".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.request_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::load_profile(Profile::Test).expect("test profile loads")
+    }
+
+    #[test]
+    fn short_jwt_secret_is_refused() {
+        let mut s = settings();
+        s.auth.jwt_secret = SecretString::from("short");
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn production_refuses_the_dev_secret_and_test_routes() {
+        let mut s = settings();
+        s.profile = Profile::Production;
+        s.testing.test_routes = false;
+        assert!(s.validate().is_err(), "dev secret accepted in production");
+        s.auth.jwt_secret = SecretString::from("x".repeat(48));
+        assert!(s.validate().is_ok());
+        s.testing.test_routes = true;
+        assert!(s.validate().is_err(), "test routes accepted in production");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = settings();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains(DEV_JWT_SECRET));
+        assert!(!printed.contains("postgres://"));
+    }
+
+    #[test]
+    fn weak_argon2_params_are_refused() {
+        let mut s = settings();
+        s.auth.argon2_memory_kib = 4096;
+        assert!(s.validate().is_err());
+    }
+}

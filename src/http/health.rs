@@ -1,0 +1,81 @@
+//! Liveness and readiness, for orchestrators and load balancers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok` while the process runs.
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    status: &'static str,
+    /// Each dependency checked, with `ok` or what went wrong.
+    checks: BTreeMap<&'static str, String>,
+}
+
+/// The process is running.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, body = Liveness)))]
+pub async fn live() -> axum::Json<Liveness> {
+    axum::Json(Liveness { status: "ok" })
+}
+
+/// Every configured dependency answers: PostgreSQL, the actor tree, and each configured Redis,
+/// RabbitMQ and S3. 503 names what failed.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let mut checks = BTreeMap::new();
+    let postgres = tokio::time::timeout(
+        CHECK_TIMEOUT,
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db),
+    )
+    .await;
+    checks.insert(
+        "postgres",
+        match postgres {
+            Ok(Ok(_)) => "ok".to_string(),
+            Ok(Err(error)) => format!("error: {}", error_kind(&error)),
+            Err(_) => "timed out".to_string(),
+        },
+    );
+    checks.insert(
+        "actors",
+        if state.actors.is_running() {
+            "ok".to_string()
+        } else {
+            "the actor tree has stopped".to_string()
+        },
+    );
+    let all_ok = checks.values().all(|status| status == "ok");
+    let (code, status) = if all_ok {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (code, axum::Json(Readiness { status, checks }))
+}
+
+/// A short, driver-text-free description of a database failure.
+fn error_kind(error: &sqlx::Error) -> &'static str {
+    match error {
+        sqlx::Error::PoolTimedOut => "pool timed out",
+        sqlx::Error::Io(_) => "connection failed",
+        sqlx::Error::PoolClosed => "pool closed",
+        _ => "query failed",
+    }
+}

@@ -1,0 +1,12 @@
+//! shop: an e-commerce backend. A thin axum layer ([`http`]) in front of a supervision tree of
+//! ractor actors (`shop-actors`) that owns contended state, with PostgreSQL as the durable truth.
+
+pub mod actors;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

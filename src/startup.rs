@@ -1,0 +1,106 @@
+//! Building and running the server: configuration → database → actor tree → router → listener,
+//! and the orderly shutdown in reverse.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::actors::Actors;
+use crate::config::Settings;
+use crate::state::AppState;
+use crate::{db, http};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Vec::new()).await
+    }
+
+    /// Like [`Application::build`], with extra children under the root supervisor (tests).
+    pub async fn build_with(
+        settings: Settings,
+        extra_children: Vec<shop_actors::ChildSpec>,
+    ) -> anyhow::Result<Self> {
+        let metrics = http::metrics::install_recorder()?;
+        let db = db::prepare(&settings.database).await?;
+        let actors = Actors::start(&settings, extra_children).await?;
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&address).await?;
+        let state = AppState {
+            settings: Arc::new(settings),
+            db,
+            actors: Arc::new(actors),
+            metrics,
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, gives in-flight requests up to
+    /// `server.shutdown_grace_secs` to finish, stops the actor tree and closes the pool.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        let grace = state.settings.shutdown_grace();
+        let app = http::app(state.clone());
+        let signalled = Arc::new(Notify::new());
+        let notify = signalled.clone();
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            notify.notify_one();
+        });
+        let deadline = async {
+            signalled.notified().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serve => served?,
+            () = deadline => tracing::warn!(?grace, "in-flight requests outlived the grace period"),
+        }
+        state.actors.shutdown().await;
+        state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        () = terminate => {},
+    }
+}

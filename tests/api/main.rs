@@ -1,0 +1,11 @@
+//! The API test suite: every test runs the real app on port 0 against a fresh PostgreSQL database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+mod helpers;
+
+mod deploy_files;
+mod lifecycle;
+mod openapi;
+mod platform;
+mod supervision;
