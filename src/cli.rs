@@ -3,7 +3,11 @@
 
 use clap::{Parser, Subcommand};
 
+use secrecy::SecretString;
+
 use crate::config::Settings;
+use crate::identity::service::Identity;
+use crate::identity::{Email, NewPassword, UserName};
 use crate::startup::{Application, shutdown_signal};
 use crate::{db, telemetry};
 
@@ -20,6 +24,18 @@ pub enum Command {
     Serve,
     /// Create the database if needed and apply pending migrations, then exit.
     Migrate,
+    /// Create an admin account, or promote an existing user to admin.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        /// Display name of a new account.
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+        /// Read the password from standard input (one line). Otherwise it comes from the
+        /// SHOP_ADMIN_PASSWORD environment variable. It is never echoed or logged.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -33,7 +49,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::CreateAdmin {
+            email,
+            name,
+            password_stdin,
+        } => create_admin(settings, &email, &name, password_stdin).await,
     }
+}
+
+async fn create_admin(
+    settings: Settings,
+    email: &str,
+    name: &str,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    let email = Email::parse(email).map_err(|e| anyhow::anyhow!("--email {}", e.message))?;
+    let name = UserName::parse(name).map_err(|e| anyhow::anyhow!("--name {}", e.message))?;
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Some(line.trim_end_matches(['\r', '\n']).to_owned())
+    } else {
+        std::env::var("SHOP_ADMIN_PASSWORD").ok()
+    };
+    let password = password
+        .filter(|p| !p.is_empty())
+        .map(|p| NewPassword::parse(SecretString::from(p)))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("password {}", e.message))?;
+    let pool = db::prepare(&settings.database).await?;
+    let identity = Identity::new(&settings).await?;
+    let created = identity
+        .ensure_admin(&pool, email.clone(), name, password)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    pool.close().await;
+    if created {
+        tracing::info!(email = %email, "admin created");
+    } else {
+        tracing::info!(email = %email, "existing user promoted to admin");
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

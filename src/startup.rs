@@ -5,11 +5,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::actors::Actors;
 use crate::config::Settings;
+use crate::identity::service::Identity;
+use crate::identity::{Email, NewPassword, UserName, store};
 use crate::state::AppState;
 use crate::{db, http};
 
@@ -30,6 +33,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let metrics = http::metrics::install_recorder()?;
         let db = db::prepare(&settings.database).await?;
+        let identity = Identity::new(&settings).await?;
+        bootstrap_admin(&settings, &db, &identity).await?;
         let actors = Actors::start(&settings, extra_children).await?;
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).await?;
@@ -37,6 +42,7 @@ impl Application {
             settings: Arc::new(settings),
             db,
             actors: Arc::new(actors),
+            identity: Arc::new(identity),
             metrics,
         };
         Ok(Self { listener, state })
@@ -83,6 +89,34 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Creates the first admin from `bootstrap.admin_email`/`admin_password` when the shop has none.
+async fn bootstrap_admin(
+    settings: &Settings,
+    db: &PgPool,
+    identity: &Identity,
+) -> anyhow::Result<()> {
+    let (Some(email), Some(password)) = (
+        settings.bootstrap.admin_email.as_deref(),
+        settings.bootstrap.admin_password.clone(),
+    ) else {
+        return Ok(());
+    };
+    if store::any_admin(db).await? {
+        return Ok(());
+    }
+    let email =
+        Email::parse(email).map_err(|e| anyhow::anyhow!("bootstrap.admin_email {}", e.message))?;
+    let password = NewPassword::parse(password)
+        .map_err(|e| anyhow::anyhow!("bootstrap.admin_password {}", e.message))?;
+    let name = UserName::parse("Administrator").map_err(|e| anyhow::anyhow!(e.message))?;
+    identity
+        .ensure_admin(db, email, name, Some(password))
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the bootstrap admin: {e}"))?;
+    tracing::info!("bootstrap admin is in place");
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -2,10 +2,14 @@
 //! stack. Routes are registered through utoipa-axum's `routes!`, so a route cannot exist without
 //! its OpenAPI entry.
 
+pub mod auth;
 pub mod extract;
 pub mod health;
+mod identity;
 pub mod metrics;
 pub mod middleware;
+pub mod pagination;
+mod rate_limit;
 mod testing;
 
 use std::time::Duration;
@@ -51,6 +55,8 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     components(schemas(crate::error::Problem, crate::error::FieldError)),
     tags(
         (name = "operations", description = "Health, metrics and documentation"),
+        (name = "identity", description = "Accounts and tokens"),
+        (name = "admin", description = "Administration (admin role only)"),
     )
 )]
 struct ApiDoc;
@@ -78,7 +84,11 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(metrics::render))
-        .nest("/api/v1", OpenApiRouter::new())
+        .nest("/api/v1", identity::router())
+        .nest(
+            "/api/v1/admin",
+            identity::admin_router().route_layer(axum::middleware::from_fn(auth::require_admin)),
+        )
 }
 
 /// The OpenAPI document of the whole API.
@@ -94,10 +104,13 @@ pub fn app(state: AppState) -> Router {
     if settings.testing.test_routes {
         routes = routes.merge(testing::routes());
     }
-    let routes = routes
+    let mut routes = routes
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
+    if let Some(per_ip) = rate_limit::per_ip(&settings.rate_limit) {
+        routes = routes.layer(per_ip);
+    }
 
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
@@ -114,7 +127,8 @@ pub fn app(state: AppState) -> Router {
             settings.request_timeout(),
         ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_LIMIT));
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_LIMIT))
+        .layer(axum::Extension(state.clone()));
 
     routes.layer(middleware).with_state(state)
 }

@@ -6,8 +6,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use reqwest::Response;
-use serde_json::Value;
+use serde_json::{Value, json};
 use shop::config::{Profile, Settings};
+use shop::identity::{Email, NewPassword, UserName};
 use shop::startup::Application;
 use shop::state::AppState;
 use sqlx::postgres::PgPoolOptions;
@@ -67,6 +68,18 @@ pub fn test_settings(db: &TestDatabase) -> Settings {
     settings.database.max_connections = 10;
     settings.actors.name_prefix = format!("{}-", db.name);
     settings
+}
+
+pub const CUSTOMER_PASSWORD: &str = "customer-password-1";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: Uuid,
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
 }
 
 pub struct TestApp {
@@ -138,6 +151,99 @@ impl TestApp {
             .send()
             .await
             .expect("POST")
+    }
+
+    pub async fn get_as(&self, token: &str, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post_json_as(&self, token: &str, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn patch_json_as(&self, token: &str, path: &str, body: &Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    pub async fn register(&self, email: &str, password: &str, name: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/register",
+            &json!({"email": email, "password": password, "name": name}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// Registers a fresh customer and logs them in.
+    pub async fn login_as_customer(&self) -> Session {
+        let email = format!("customer-{}@example.com", Uuid::new_v4().simple());
+        let registered = self
+            .register(&email, CUSTOMER_PASSWORD, "Casey Customer")
+            .await;
+        assert_eq!(registered.status(), 201, "register");
+        let id = registered.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.session(id, &email, CUSTOMER_PASSWORD).await
+    }
+
+    /// Creates a fresh admin (as `shop create-admin` would) and logs them in.
+    pub async fn login_as_admin(&self) -> Session {
+        let email = format!("admin-{}@example.com", Uuid::new_v4().simple());
+        self.state
+            .identity
+            .ensure_admin(
+                &self.state.db,
+                Email::parse(&email).unwrap(),
+                UserName::parse("Ada Admin").unwrap(),
+                Some(NewPassword::parse(ADMIN_PASSWORD.to_owned().into()).unwrap()),
+            )
+            .await
+            .expect("admin created");
+        let id = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+            .bind(&email)
+            .fetch_one(&self.db)
+            .await
+            .unwrap();
+        self.session(id, &email, ADMIN_PASSWORD).await
+    }
+
+    async fn session(&self, id: Uuid, email: &str, password: &str) -> Session {
+        let response = self.login(email, password).await;
+        assert_eq!(response.status(), 200, "login");
+        let tokens: Value = response.json().await.unwrap();
+        Session {
+            id,
+            email: email.to_owned(),
+            access_token: tokens["access_token"].as_str().unwrap().to_owned(),
+            refresh_token: tokens["refresh_token"].as_str().unwrap().to_owned(),
+        }
     }
 
     pub async fn metrics(&self) -> String {

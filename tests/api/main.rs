@@ -4,7 +4,9 @@
 
 mod helpers;
 
+mod cli;
 mod deploy_files;
+mod identity;
 mod lifecycle;
 mod openapi;
 mod platform;

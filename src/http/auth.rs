@@ -1,0 +1,93 @@
+//! Who is calling: [`AuthUser`] (a valid access token is required: missing, invalid or expired is
+//! 401), [`MaybeAuthUser`] (public routes: no token is anonymous, a malformed one is still 401), and
+//! [`require_admin`], the layer on the whole `/admin` tree (deny by default, 403 for customers).
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::identity::{Role, store};
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub role: Role,
+}
+
+impl AuthUser {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+fn bearer_token(parts: &Parts) -> Result<Option<&str>, AppError> {
+    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AppError::Unauthorized("The Authorization header is malformed."))?;
+    let (scheme, token) = value.split_once(' ').ok_or(AppError::Unauthorized(
+        "The Authorization header is malformed.",
+    ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AppError::Unauthorized("Expected a Bearer token."));
+    }
+    Ok(Some(token.trim()))
+}
+
+fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<AuthUser>, AppError> {
+    let Some(token) = bearer_token(parts)? else {
+        return Ok(None);
+    };
+    let claims = state
+        .identity
+        .tokens
+        .verify_access(token)
+        .map_err(|_| AppError::Unauthorized("The access token is invalid or expired."))?;
+    Ok(Some(AuthUser {
+        id: claims.sub,
+        role: claims.role,
+    }))
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        authenticate(parts, state)?.ok_or(AppError::Unauthorized("A bearer token is required."))
+    }
+}
+
+/// The caller, if they sent a token; a token that does not verify is a 401, never anonymous.
+#[derive(Debug, Clone, Copy)]
+pub struct MaybeAuthUser(pub Option<AuthUser>);
+
+impl FromRequestParts<AppState> for MaybeAuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        authenticate(parts, state).map(MaybeAuthUser)
+    }
+}
+
+/// Guards the `/admin` tree. The token must carry the admin role and the user must still be an
+/// admin in the database, so a demotion takes effect at once on admin routes.
+pub async fn require_admin(request: Request, next: Next) -> Result<Response, AppError> {
+    let state = request
+        .extensions()
+        .get::<AppState>()
+        .cloned()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("AppState extension missing")))?;
+    let (mut parts, body) = request.into_parts();
+    let user = AuthUser::from_request_parts(&mut parts, &state).await?;
+    if !user.is_admin() || store::current_role(&state.db, user.id).await? != Some(Role::Admin) {
+        return Err(AppError::Forbidden);
+    }
+    Ok(next.run(Request::from_parts(parts, body)).await)
+}
