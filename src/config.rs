@@ -134,6 +134,8 @@ pub enum CacheBackend {
 pub struct CacheSettings {
     pub backend: CacheBackend,
     pub listing_ttl_secs: u64,
+    /// Prepended to every cache key, so several shops (or tests) can share one Redis.
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

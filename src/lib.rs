@@ -2,6 +2,8 @@
 //! ractor actors (`shop-actors`) that owns contended state, with PostgreSQL as the durable truth.
 
 pub mod actors;
+pub mod cache;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;

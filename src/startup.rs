@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::actors::Actors;
+use crate::cache::Cache;
 use crate::config::Settings;
 use crate::identity::service::Identity;
 use crate::identity::{Email, NewPassword, UserName, store};
@@ -36,6 +37,7 @@ impl Application {
         let identity = Identity::new(&settings).await?;
         bootstrap_admin(&settings, &db, &identity).await?;
         let actors = Actors::start(&settings, extra_children).await?;
+        let cache = Cache::from_settings(&settings)?;
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).await?;
         let state = AppState {
@@ -44,6 +46,7 @@ impl Application {
             actors: Arc::new(actors),
             identity: Arc::new(identity),
             metrics,
+            cache,
         };
         Ok(Self { listener, state })
     }

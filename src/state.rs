@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::actors::Actors;
+use crate::cache::Cache;
 use crate::config::Settings;
 use crate::identity::service::Identity;
 
@@ -16,4 +17,12 @@ pub struct AppState {
     pub actors: Arc<Actors>,
     pub identity: Arc<Identity>,
     pub metrics: PrometheusHandle,
+    pub cache: Cache,
+}
+
+impl AppState {
+    /// Every catalog write ends here: cached catalog responses are invalidated at once.
+    pub async fn catalog_changed(&self) {
+        self.cache.bump_catalog_version().await;
+    }
 }

@@ -91,3 +91,20 @@ pub async fn require_admin(request: Request, next: Next) -> Result<Response, App
     }
     Ok(next.run(Request::from_parts(parts, body)).await)
 }
+
+/// An admin, checked like [`require_admin`] does, for admin-only routes outside `/admin` (catalog
+/// writes).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if !user.is_admin() || store::current_role(&state.db, user.id).await? != Some(Role::Admin) {
+            return Err(AppError::Forbidden);
+        }
+        Ok(Self(user))
+    }
+}

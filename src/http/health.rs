@@ -61,6 +61,15 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             "the actor tree has stopped".to_string()
         },
     );
+    if let Some(redis) = state.cache.check().await {
+        checks.insert(
+            "redis",
+            match redis {
+                Ok(()) => "ok".to_string(),
+                Err(_) => "unreachable".to_string(),
+            },
+        );
+    }
     let all_ok = checks.values().all(|status| status == "ok");
     let (code, status) = if all_ok {
         (StatusCode::OK, "ready")

@@ -58,11 +58,13 @@ pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let is_problem = response
+    // Only bare errors are rewritten: no body type, or the plain text tower and axum use.
+    // A deliberate body (problem+json, readiness JSON) passes untouched.
+    let is_bare = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if is_problem {
+        .is_none_or(|value| value.as_bytes().starts_with(b"text/plain"));
+    if !is_bare {
         return response;
     }
     let (mut parts, _) = response.into_parts();

@@ -3,6 +3,7 @@
 //! its OpenAPI entry.
 
 pub mod auth;
+mod catalog;
 pub mod extract;
 pub mod health;
 mod identity;
@@ -52,10 +53,16 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         license(name = "MIT OR Apache-2.0")
     ),
     modifiers(&BearerAuth),
-    components(schemas(crate::error::Problem, crate::error::FieldError)),
+    components(schemas(
+        crate::error::Problem,
+        crate::error::FieldError,
+        crate::catalog::listing::Sort,
+        crate::catalog::ProductStatus,
+    )),
     tags(
         (name = "operations", description = "Health, metrics and documentation"),
         (name = "identity", description = "Accounts and tokens"),
+        (name = "catalog", description = "Categories and products"),
         (name = "admin", description = "Administration (admin role only)"),
     )
 )]
@@ -84,7 +91,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(metrics::render))
-        .nest("/api/v1", identity::router())
+        .nest("/api/v1", identity::router().merge(catalog::router()))
         .nest(
             "/api/v1/admin",
             identity::admin_router().route_layer(axum::middleware::from_fn(auth::require_admin)),

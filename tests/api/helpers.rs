@@ -22,6 +22,10 @@ pub fn postgres_server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// A database that exists for one test and is dropped with this guard.
 pub struct TestDatabase {
     pub name: String,
@@ -67,6 +71,10 @@ pub fn test_settings(db: &TestDatabase) -> Settings {
     settings.database.url = db.url.clone().into();
     settings.database.max_connections = 10;
     settings.actors.name_prefix = format!("{}-", db.name);
+    // Real Redis, with keys of this test's own.
+    settings.cache.backend = shop::config::CacheBackend::Redis;
+    settings.redis.url = redis_url().into();
+    settings.cache.key_prefix = format!("{}:", db.name);
     settings
 }
 
@@ -244,6 +252,24 @@ impl TestApp {
             access_token: tokens["access_token"].as_str().unwrap().to_owned(),
             refresh_token: tokens["refresh_token"].as_str().unwrap().to_owned(),
         }
+    }
+
+    pub async fn delete_as(&self, token: &str, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// POSTs as `token` and returns the JSON body, asserting `status`.
+    pub async fn created(&self, token: &str, path: &str, body: &Value) -> Value {
+        let response = self.post_json_as(token, path, body).await;
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 201, "POST {path}: {text}");
+        serde_json::from_str(&text).unwrap()
     }
 
     pub async fn metrics(&self) -> String {

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod catalog;
 mod cli;
 mod deploy_files;
 mod identity;

@@ -1,0 +1,228 @@
+//! The response cache for catalog reads: in-process (moka) by default, Redis when configured.
+//!
+//! Keys carry a catalog version that every catalog write bumps, so invalidation is O(1) (no
+//! `KEYS`/`SCAN` sweeps); entries also expire after a short TTL as a backstop. Redis is an
+//! optimisation, never a dependency: any Redis error (or a Redis that is down) counts in
+//! `cache_errors_total`, is treated as a miss, and the request is served from PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use secrecy::ExposeSecret;
+use tokio::sync::Mutex;
+
+use crate::config::{CacheBackend, Settings};
+
+/// A Redis call that takes longer than this is abandoned (and counted as an error).
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a failed connection attempt, wait this long before trying again.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct Cache {
+    backend: Arc<Backend>,
+    prefix: String,
+    ttl: Duration,
+}
+
+enum Backend {
+    Memory {
+        entries: moka::future::Cache<String, Bytes>,
+        version: AtomicU64,
+    },
+    Redis(RedisBackend),
+}
+
+struct RedisBackend {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    last_attempt: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer in time")]
+    Timeout,
+    #[error("redis is not connected")]
+    Disconnected,
+}
+
+impl RedisBackend {
+    /// The shared connection, (re)connecting at most once per backoff period, so a Redis that is
+    /// down costs each request nothing but a lock.
+    async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        let mut connection = self.connection.lock().await;
+        if let Some(existing) = connection.as_ref() {
+            return Ok(existing.clone());
+        }
+        {
+            let mut last = self.last_attempt.lock().await;
+            if last.is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF) {
+                return Err(CacheError::Disconnected);
+            }
+            *last = Some(Instant::now());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        let manager = tokio::time::timeout(
+            REDIS_TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| CacheError::Timeout)??;
+        *connection = Some(manager.clone());
+        Ok(manager)
+    }
+
+    async fn run<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut ConnectionManager) -> Result<T, redis::RedisError>,
+    ) -> Result<T, CacheError> {
+        let mut connection = self.connection().await?;
+        tokio::time::timeout(REDIS_TIMEOUT, op(&mut connection))
+            .await
+            .map_err(|_| CacheError::Timeout)?
+            .map_err(CacheError::from)
+    }
+}
+
+impl Cache {
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        let backend = match settings.cache.backend {
+            CacheBackend::Memory => Backend::Memory {
+                entries: moka::future::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(Duration::from_secs(settings.cache.listing_ttl_secs.max(1)))
+                    .build(),
+                version: AtomicU64::new(0),
+            },
+            CacheBackend::Redis => Backend::Redis(RedisBackend {
+                client: redis::Client::open(settings.redis.url.expose_secret())?,
+                connection: Mutex::new(None),
+                last_attempt: Mutex::new(None),
+            }),
+        };
+        Ok(Self {
+            backend: Arc::new(backend),
+            prefix: settings.cache.key_prefix.clone(),
+            ttl: Duration::from_secs(settings.cache.listing_ttl_secs.max(1)),
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match *self.backend {
+            Backend::Memory { .. } => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    fn version_key(&self) -> String {
+        format!("{}catalog:version", self.prefix)
+    }
+
+    fn failed(&self, error: &CacheError) {
+        metrics::counter!("cache_errors_total", "backend" => self.backend_name()).increment(1);
+        tracing::warn!(%error, "cache unavailable; serving from the database");
+    }
+
+    /// The current catalog version, or `None` when the cache cannot be used right now.
+    pub async fn catalog_version(&self) -> Option<u64> {
+        match &*self.backend {
+            Backend::Memory { version, .. } => Some(version.load(Ordering::Acquire)),
+            Backend::Redis(redis) => {
+                let key = self.version_key();
+                match redis
+                    .run(async |c| c.get::<_, Option<u64>>(&key).await)
+                    .await
+                {
+                    Ok(version) => Some(version.unwrap_or(0)),
+                    Err(error) => {
+                        self.failed(&error);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Invalidates every cached catalog response at once.
+    pub async fn bump_catalog_version(&self) {
+        match &*self.backend {
+            Backend::Memory { version, .. } => {
+                version.fetch_add(1, Ordering::AcqRel);
+            }
+            Backend::Redis(redis) => {
+                let key = self.version_key();
+                if let Err(error) = redis
+                    .run(async |c| c.incr::<_, _, u64>(&key, 1).await)
+                    .await
+                {
+                    // Entries written under the old version still expire within the TTL.
+                    self.failed(&error);
+                }
+            }
+        }
+    }
+
+    /// `namespace` names the metric label (`listing`, `product`); `key` must be normalized.
+    pub async fn get(&self, namespace: &'static str, version: u64, key: &str) -> Option<Bytes> {
+        let key = format!("{}catalog:v{version}:{namespace}:{key}", self.prefix);
+        let found = match &*self.backend {
+            Backend::Memory { entries, .. } => entries.get(&key).await,
+            Backend::Redis(redis) => {
+                match redis
+                    .run(async |c| c.get::<_, Option<Vec<u8>>>(&key).await)
+                    .await
+                {
+                    Ok(found) => found.map(Bytes::from),
+                    Err(error) => {
+                        self.failed(&error);
+                        return None;
+                    }
+                }
+            }
+        };
+        let result = if found.is_some() { "hit" } else { "miss" };
+        metrics::counter!("cache_requests_total", "cache" => namespace, "result" => result)
+            .increment(1);
+        found
+    }
+
+    pub async fn put(&self, namespace: &'static str, version: u64, key: &str, value: Bytes) {
+        let key = format!("{}catalog:v{version}:{namespace}:{key}", self.prefix);
+        match &*self.backend {
+            Backend::Memory { entries, .. } => entries.insert(key, value).await,
+            Backend::Redis(redis) => {
+                let ttl = self.ttl.as_secs();
+                let stored = redis
+                    .run(async |c| c.set_ex::<_, _, ()>(&key, value.as_ref(), ttl).await)
+                    .await;
+                if let Err(error) = stored {
+                    self.failed(&error);
+                }
+            }
+        }
+    }
+
+    /// For readiness: `None` when there is nothing to check (in-process cache).
+    pub async fn check(&self) -> Option<Result<(), String>> {
+        match &*self.backend {
+            Backend::Memory { .. } => None,
+            Backend::Redis(redis) => Some(
+                redis
+                    .run(async |c| redis::cmd("PING").query_async::<String>(c).await)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            ),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `GET /products`: full-text search with a typo-tolerant trigram fallback, filters, sorts and
+//! pages, over indexes (see `docs/catalog-query-plans.md` for the plans on 100k products).
+
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::ProductStatus;
+use super::products::{PRODUCT_SELECT, Product, ProductRow, attach_images};
+use crate::error::AppError;
+use crate::http::pagination::{PageParams, Paged};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sort {
+    /// Best match first when `q` is given, else newest.
+    #[default]
+    Relevance,
+    PriceAsc,
+    PriceDesc,
+    Newest,
+    Rating,
+    Name,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProductQuery {
+    /// Full-text search over name, description, brand, tags and SKU; tolerates a typo in a name.
+    pub q: Option<String>,
+    /// Category id or slug; includes its subcategories.
+    pub category: Option<String>,
+    pub brand: Option<String>,
+    /// Comma-separated; a product must have all of them.
+    pub tags: Option<String>,
+    /// Minor units, against the cheapest variant.
+    pub min_price: Option<i64>,
+    /// Minor units, against the cheapest variant.
+    pub max_price: Option<i64>,
+    /// Only products that can be sold now.
+    pub in_stock: Option<bool>,
+    /// Admins only; customers always see active products.
+    pub status: Option<ProductStatus>,
+    pub sort: Option<Sort>,
+    pub page: Option<u32>,
+    pub per_page: Option<u32>,
+}
+
+impl ProductQuery {
+    pub fn page_params(&self) -> PageParams {
+        PageParams {
+            page: self.page,
+            per_page: self.per_page,
+        }
+    }
+
+    /// Trims, drops empty values and clamps the page, so equal queries share a cache key.
+    pub fn normalized(mut self) -> Self {
+        fn clean(value: Option<String>) -> Option<String> {
+            value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+        }
+        self.q = clean(self.q);
+        self.category = clean(self.category);
+        self.brand = clean(self.brand);
+        self.tags = clean(self.tags).map(|tags| {
+            let mut tags: Vec<String> = tags
+                .split(',')
+                .map(|t| t.trim().to_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect();
+            tags.sort();
+            tags.dedup();
+            tags.join(",")
+        });
+        let page = self.page_params();
+        self.page = Some(page.page());
+        self.per_page = Some(page.per_page());
+        if self.sort.is_none() {
+            self.sort = Some(Sort::Relevance);
+        }
+        self
+    }
+
+    pub fn cache_key(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn push_filters(
+    builder: &mut QueryBuilder<Postgres>,
+    query: &ProductQuery,
+    admin: bool,
+    category: Option<Uuid>,
+) {
+    builder.push(" WHERE true");
+    match (admin, query.status) {
+        (true, Some(status)) => {
+            builder.push(" AND p.status = ").push_bind(status.as_str());
+        }
+        (true, None) => {}
+        (false, _) => {
+            builder.push(" AND p.status = 'active'");
+        }
+    }
+    if let Some(q) = &query.q {
+        builder
+            .push(" AND (p.search_vector @@ websearch_to_tsquery('english', ")
+            .push_bind(q)
+            .push(") OR p.search_vector @@ websearch_to_tsquery('simple', ")
+            .push_bind(q)
+            .push(") OR ")
+            .push_bind(q)
+            .push(" <% p.name)");
+    }
+    if let Some(category) = category {
+        builder
+            .push(
+                " AND p.category_id IN (WITH RECURSIVE tree AS (
+                    SELECT id FROM categories WHERE id = ",
+            )
+            .push_bind(category)
+            .push(
+                " UNION ALL SELECT c.id FROM categories c JOIN tree t ON c.parent_id = t.id)
+                  SELECT id FROM tree)",
+            );
+    }
+    if let Some(brand) = &query.brand {
+        builder
+            .push(" AND lower(p.brand) = lower(")
+            .push_bind(brand)
+            .push(")");
+    }
+    if let Some(tags) = &query.tags {
+        let tags: Vec<String> = tags.split(',').map(str::to_owned).collect();
+        builder.push(" AND p.tags @> ").push_bind(tags);
+    }
+    if let Some(min) = query.min_price {
+        builder.push(" AND p.price_min >= ").push_bind(min);
+    }
+    if let Some(max) = query.max_price {
+        builder.push(" AND p.price_min <= ").push_bind(max);
+    }
+    if query.in_stock == Some(true) {
+        builder.push(" AND product_available(p.id, p.type) > 0");
+    }
+}
+
+fn push_order(builder: &mut QueryBuilder<Postgres>, query: &ProductQuery) {
+    let order = match (query.sort.unwrap_or_default(), &query.q) {
+        (Sort::Relevance, Some(q)) => {
+            builder
+                .push(" ORDER BY ts_rank(p.search_vector, websearch_to_tsquery('english', ")
+                .push_bind(q)
+                .push(")) + word_similarity(")
+                .push_bind(q)
+                .push(", p.name) DESC, p.id DESC");
+            return;
+        }
+        (Sort::Relevance | Sort::Newest, _) => " ORDER BY p.created_at DESC, p.id DESC",
+        (Sort::PriceAsc, _) => " ORDER BY p.price_min, p.id",
+        (Sort::PriceDesc, _) => " ORDER BY p.price_max DESC, p.id DESC",
+        (Sort::Rating, _) => " ORDER BY p.rating_average DESC, p.id DESC",
+        (Sort::Name, _) => " ORDER BY p.name, p.id",
+    };
+    builder.push(order);
+}
+
+/// One page of products matching `query` (already [`ProductQuery::normalized`]).
+pub async fn search(
+    db: &PgPool,
+    query: &ProductQuery,
+    admin: bool,
+) -> Result<Paged<Product>, AppError> {
+    let page = query.page_params();
+    let category = match &query.category {
+        Some(key) => match super::categories::find(db, key).await? {
+            Some(category) => Some(category.id),
+            // An unknown category matches nothing.
+            None => return Ok(page.wrap(Vec::new(), 0)),
+        },
+        None => None,
+    };
+
+    let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM products p");
+    push_filters(&mut count, query, admin, category);
+    let total: i64 = count.build_query_scalar().fetch_one(db).await?;
+
+    let mut select = QueryBuilder::<Postgres>::new(PRODUCT_SELECT);
+    push_filters(&mut select, query, admin, category);
+    push_order(&mut select, query);
+    select
+        .push(" LIMIT ")
+        .push_bind(page.limit())
+        .push(" OFFSET ")
+        .push_bind(page.offset());
+    let rows: Vec<ProductRow> = select.build_query_as().fetch_all(db).await?;
+    let mut products: Vec<Product> = rows
+        .into_iter()
+        .map(|row| row.into_product(admin))
+        .collect();
+    attach_images(db, &mut products).await?;
+    Ok(page.wrap(products, total))
+}
