@@ -75,6 +75,82 @@ ensure_rabbitmq() {
   STARTED_SERVICES+=(rabbitmq)
 }
 
+# Test-only tools are built once into a cache outside the clone, shared by every checkout.
+SHOP_TOOLS_DIR=${SHOP_TOOLS_DIR:-$HOME/.cache/shop-test-tools}
+S3S_FS_VERSION=0.14.1
+S3_SERVER_PIDS=()
+S3_SERVER_DIR=""
+
+# The first port from $1 up that nothing listens on.
+free_port() {
+  local port=$1
+  while port_open "$port"; do port=$((port + 1)); done
+  echo "$port"
+}
+
+# Waits for process $1 to listen on port $2; fails at once if the process dies.
+wait_for_server() {
+  local pid=$1 port=$2 what=$3
+  for _ in $(seq 100); do
+    port_open "$port" && return 0
+    kill -0 "$pid" 2>/dev/null || { say "$what exited before listening on 127.0.0.1:$port"; return 1; }
+    sleep 0.1
+  done
+  say "$what did not come up on 127.0.0.1:$port within 10s" && return 1
+}
+
+# An S3-compatible server for the media tests, exported as SHOP_TEST_S3_ENDPOINT,
+# SHOP_TEST_S3_ACCESS_KEY_ID, SHOP_TEST_S3_SECRET_ACCESS_KEY and SHOP_TEST_S3_PUBLIC_URL. It is
+# s3s-fs over a temporary folder, run twice on that folder: one instance checks SigV4 signatures
+# (the SDK talks to it), the other serves objects without them, standing in for the public
+# URL (a CDN or a public-read bucket in production). A server given in SHOP_TEST_S3_* is used as is.
+ensure_s3_server() {
+  if [ -n "${SHOP_TEST_S3_ENDPOINT:-}" ]; then
+    say "using the S3 server at $SHOP_TEST_S3_ENDPOINT (from SHOP_TEST_S3_ENDPOINT)"
+    return 0
+  fi
+  local bin="$SHOP_TOOLS_DIR/bin/s3s-fs"
+  if ! { [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qF " $S3S_FS_VERSION"; }; then
+    say "installing s3s-fs $S3S_FS_VERSION into $SHOP_TOOLS_DIR (once; a few minutes)"
+    mkdir -p "$SHOP_TOOLS_DIR"
+    # From the cache folder and with cargo's own temporary target dir, so the project's
+    # configuration and build cache play no part.
+    (cd "$SHOP_TOOLS_DIR" && env -u CARGO_TARGET_DIR cargo install --locked \
+      "s3s-fs@$S3S_FS_VERSION" --features binary --root "$SHOP_TOOLS_DIR" >&2)
+  fi
+  S3_SERVER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/shop-s3.XXXXXX")
+  mkdir "$S3_SERVER_DIR/data"
+  local port public_port access_key=shop-test secret_key
+  secret_key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  port=$(free_port 9123)
+  public_port=$(free_port $((port + 1)))
+  # Recorded first, so a failed start is cleaned up too.
+  STARTED_SERVICES+=(s3s-fs)
+  say "starting s3s-fs on 127.0.0.1:$port (signed requests) and 127.0.0.1:$public_port (public reads), data in $S3_SERVER_DIR/data"
+  "$bin" --host 127.0.0.1 --port "$port" --access-key "$access_key" --secret-key "$secret_key" \
+    "$S3_SERVER_DIR/data" >"$S3_SERVER_DIR/signed.log" 2>&1 &
+  S3_SERVER_PIDS+=($!)
+  wait_for_server "$!" "$port" s3s-fs || { tail -n 20 "$S3_SERVER_DIR/signed.log" >&2; return 1; }
+  "$bin" --host 127.0.0.1 --port "$public_port" "$S3_SERVER_DIR/data" >"$S3_SERVER_DIR/public.log" 2>&1 &
+  S3_SERVER_PIDS+=($!)
+  wait_for_server "$!" "$public_port" "s3s-fs (public)" || { tail -n 20 "$S3_SERVER_DIR/public.log" >&2; return 1; }
+  export SHOP_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+  export SHOP_TEST_S3_ACCESS_KEY_ID=$access_key
+  export SHOP_TEST_S3_SECRET_ACCESS_KEY=$secret_key
+  export SHOP_TEST_S3_PUBLIC_URL="http://127.0.0.1:$public_port"
+}
+
+stop_s3_server() {
+  local pid
+  for pid in "${S3_SERVER_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  S3_SERVER_PIDS=()
+  [ -n "$S3_SERVER_DIR" ] && rm -rf "$S3_SERVER_DIR"
+  S3_SERVER_DIR=""
+}
+
 stop_started_services() {
   local service
   for service in "${STARTED_SERVICES[@]}"; do
@@ -83,6 +159,7 @@ stop_started_services() {
       postgres) pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main stop || true ;;
       redis) redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true ;;
       rabbitmq) rabbitmqctl stop >/dev/null 2>&1 || true ;;
+      s3s-fs) stop_s3_server ;;
       *) ;;
     esac
   done

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod media;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -9,6 +9,7 @@ mod cli;
 mod deploy_files;
 mod identity;
 mod lifecycle;
+mod media;
 mod openapi;
 mod platform;
 mod supervision;
