@@ -36,6 +36,12 @@ pub enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Fill the database with data to try the shop with (idempotent).
+    Seed {
+        /// A demo catalog: categories in two levels, 50+ products, variable products, a bundle.
+        #[arg(long)]
+        demo: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -54,6 +60,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             password_stdin,
         } => create_admin(settings, &email, &name, password_stdin).await,
+        Command::Seed { demo } => {
+            if !demo {
+                anyhow::bail!("say what to seed: --demo");
+            }
+            let pool = db::prepare(&settings.database).await?;
+            let seeded = crate::catalog::seed::demo(&pool)
+                .await
+                .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+            pool.close().await;
+            tracing::info!(
+                categories = seeded.categories,
+                products = seeded.products,
+                "demo catalog seeded"
+            );
+            Ok(())
+        }
     }
 }
 

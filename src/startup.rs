@@ -14,6 +14,7 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::identity::service::Identity;
 use crate::identity::{Email, NewPassword, UserName, store};
+use crate::media::MediaStore;
 use crate::state::AppState;
 use crate::{db, http};
 
@@ -38,6 +39,7 @@ impl Application {
         bootstrap_admin(&settings, &db, &identity).await?;
         let actors = Actors::start(&settings, extra_children).await?;
         let cache = Cache::from_settings(&settings)?;
+        let media = MediaStore::from_settings(&settings).await?;
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).await?;
         let state = AppState {
@@ -47,6 +49,8 @@ impl Application {
             identity: Arc::new(identity),
             metrics,
             cache,
+            media,
+            image_decodes: http::images::decode_permits(),
         };
         Ok(Self { listener, state })
     }

@@ -9,6 +9,7 @@ use crate::actors::Actors;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::identity::service::Identity;
+use crate::media::MediaStore;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -18,6 +19,9 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     pub metrics: PrometheusHandle,
     pub cache: Cache,
+    pub media: MediaStore,
+    /// Bounds concurrent image decodes (each may take up to 64 MiB).
+    pub image_decodes: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

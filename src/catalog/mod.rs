@@ -4,6 +4,7 @@
 pub mod categories;
 pub mod listing;
 pub mod products;
+pub mod seed;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -70,6 +70,17 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             },
         );
     }
+    if state.media.backend() == crate::config::StorageBackend::S3 {
+        let s3 = tokio::time::timeout(CHECK_TIMEOUT, state.media.check()).await;
+        checks.insert(
+            "s3",
+            match s3 {
+                Ok(Ok(())) => "ok".to_string(),
+                Ok(Err(_)) => "unreachable".to_string(),
+                Err(_) => "timed out".to_string(),
+            },
+        );
+    }
     let all_ok = checks.values().all(|status| status == "ok");
     let (code, status) = if all_ok {
         (StatusCode::OK, "ready")

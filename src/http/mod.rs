@@ -7,6 +7,7 @@ mod catalog;
 pub mod extract;
 pub mod health;
 mod identity;
+pub mod images;
 pub mod metrics;
 pub mod middleware;
 pub mod pagination;
@@ -91,7 +92,12 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(metrics::render))
-        .nest("/api/v1", identity::router().merge(catalog::router()))
+        .nest(
+            "/api/v1",
+            identity::router()
+                .merge(catalog::router())
+                .merge(images::router()),
+        )
         .nest(
             "/api/v1/admin",
             identity::admin_router().route_layer(axum::middleware::from_fn(auth::require_admin)),
@@ -108,6 +114,9 @@ pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let (mut routes, api) = api_router().split_for_parts();
     routes = routes.merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", api));
+    if settings.storage.backend == crate::config::StorageBackend::Local {
+        routes = routes.merge(crate::media::media_routes(&settings.storage.local_dir));
+    }
     if settings.testing.test_routes {
         routes = routes.merge(testing::routes());
     }

@@ -207,3 +207,52 @@ fn nix_kill_term(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn seed_demo_fills_a_catalog_once() {
+    let database = TestDatabase::new();
+    for _ in 0..2 {
+        let mut command = shop(&database);
+        let output =
+            tokio::task::spawn_blocking(move || command.args(["seed", "--demo"]).output().unwrap())
+                .await
+                .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(count("SELECT count(*) FROM categories WHERE parent_id IS NULL").await >= 5);
+    assert!(count("SELECT count(*) FROM categories WHERE parent_id IS NOT NULL").await >= 5);
+    assert!(count("SELECT count(*) FROM products").await >= 50);
+    assert!(count("SELECT count(*) FROM products WHERE type = 'variable'").await >= 1);
+    assert_eq!(
+        count("SELECT count(*) FROM products WHERE type = 'bundle'").await,
+        1
+    );
+    assert!(
+        count("SELECT count(*) FROM products WHERE product_available(id, type) = 0").await >= 1
+    );
+    // Run twice, created once.
+    assert_eq!(
+        count("SELECT count(*) FROM products").await,
+        count("SELECT count(DISTINCT slug) FROM products").await
+    );
+    let before = count("SELECT count(*) FROM product_variants").await;
+    assert_eq!(
+        before,
+        count("SELECT count(DISTINCT sku) FROM product_variants").await
+    );
+    pool.close().await;
+}

@@ -8,6 +8,7 @@ mod catalog;
 mod cli;
 mod deploy_files;
 mod identity;
+mod images;
 mod lifecycle;
 mod media;
 mod openapi;

@@ -59,6 +59,14 @@ fn s3_settings(server: &S3Server, endpoint: &str) -> Settings {
     settings
 }
 
+/// Points `settings` at the test S3 server, in a fresh bucket (for API tests of uploads).
+pub fn use_test_s3(settings: &mut Settings) {
+    let server = s3_server();
+    let s3 = s3_settings(&server, &server.endpoint);
+    settings.storage = s3.storage;
+    settings.s3 = s3.s3;
+}
+
 fn product_photo(width: u32, height: u32) -> ProcessedImage {
     let pixels = RgbaImage::from_fn(width, height, |x, y| {
         Rgba([(x * 9) as u8, (y * 4) as u8, 120, 255])
