@@ -97,6 +97,8 @@ SELECT trigger_updated_at('product_variants');
 CREATE UNIQUE INDEX product_variants_barcode_key ON product_variants (barcode) WHERE barcode IS NOT NULL;
 CREATE UNIQUE INDEX product_variants_options_key ON product_variants (product_id, options) WHERE archived_at IS NULL;
 CREATE INDEX product_variants_product_idx ON product_variants (product_id) WHERE archived_at IS NULL;
+-- At most one default variant per product (and the index the product reads use to find it).
+CREATE UNIQUE INDEX product_variants_default_key ON product_variants (product_id) WHERE is_default;
 
 -- Keeps the product's price range and sku text in step with its live variants.
 CREATE FUNCTION products_refresh_from_variants(pid UUID) RETURNS void AS $$

@@ -137,10 +137,18 @@ pub struct Product {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The columns every product read selects, aliased for [`ProductRow`].
+/// The columns every product read selects, aliased for [`ProductRow`]. Everything taken from
+/// other tables is a scalar subquery, computed only for the rows of the page after the LIMIT, so
+/// the listing's ORDER BY ... LIMIT can walk an index (a join here would force a hash join over
+/// every variant).
 pub const PRODUCT_SELECT: &str = r#"
     SELECT p.id, p.type, p.name, p.slug::text AS slug, p.description, p.status, p.category_id,
-           p.brand, dv.sku::text AS sku, dv.barcode, p.price, p.compare_at_price, p.price_min,
+           p.brand,
+           (SELECT dv.sku::text FROM product_variants dv
+             WHERE dv.product_id = p.id AND dv.is_default) AS sku,
+           (SELECT dv.barcode FROM product_variants dv
+             WHERE dv.product_id = p.id AND dv.is_default) AS barcode,
+           p.price, p.compare_at_price, p.price_min,
            p.price_max, product_available(p.id, p.type) AS stock,
            (SELECT coalesce(sum(v.stock), 0)::int FROM product_variants v
              WHERE v.product_id = p.id AND v.archived_at IS NULL) AS stock_on_hand,
@@ -148,8 +156,7 @@ pub const PRODUCT_SELECT: &str = r#"
              WHERE v.product_id = p.id AND v.archived_at IS NULL) AS stock_held,
            p.weight_grams, p.length_mm, p.width_mm, p.height_mm, p.tags,
            p.rating_average::float8 AS rating_average, p.rating_count, p.created_at, p.updated_at
-    FROM products p
-    LEFT JOIN product_variants dv ON dv.product_id = p.id AND dv.is_default"#;
+    FROM products p"#;
 
 #[derive(Debug, FromRow)]
 pub struct ProductRow {
