@@ -75,6 +75,8 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     pub store: StoreSettings,
     pub actors: ActorSettings,
+    pub inventory: InventorySettings,
+    pub carts: CartSettings,
     pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
     #[serde(default)]
@@ -234,8 +236,34 @@ pub struct StoreSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ActorSettings {
     pub name_prefix: String,
+    /// How long the http layer waits for an actor's answer before a 503.
+    pub call_timeout_ms: u64,
     pub max_restarts: usize,
     pub restart_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InventorySettings {
+    /// Shard actors; 0 means two per core.
+    pub shards: usize,
+    pub expiry_interval_ms: u64,
+    pub reconcile_interval_secs: u64,
+}
+
+impl InventorySettings {
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CartSettings {
+    /// A cart actor with nothing to do for this long stops (its cart stays in PostgreSQL).
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,6 +3,7 @@
 
 pub mod actors;
 pub mod cache;
+pub mod carts;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -2,11 +2,15 @@
 //! over (carts, stock, coupon uses, orders in flight). It never imports the http layer; the server
 //! reaches it through the typed handles exported here.
 
+pub mod carts;
 pub mod instrument;
+pub mod inventory;
 pub mod root;
 
 pub use instrument::{ActorError, Envelope, Instrumented, Mailbox, ShopActor, Slot};
-pub use root::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy};
+pub use root::{
+    ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, RootMsg, Supervisor, SupervisorKind,
+};
 
 /// Re-exported so that callers name ractor's types through one path.
 pub use ractor;

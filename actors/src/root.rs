@@ -53,6 +53,22 @@ pub struct ChildSpec {
 }
 
 impl ChildSpec {
+    /// A supervisor of kind `K` over `children`, itself a child of another supervisor.
+    pub fn supervisor<K: SupervisorKind>(
+        name: String,
+        slot: Slot<RootMsg>,
+        children: Vec<ChildSpec>,
+        policy: RestartPolicy,
+        stop_timeout: Duration,
+    ) -> Self {
+        Self::new(name, slot, move || {
+            (
+                Supervisor::<K>::default(),
+                (children.clone(), policy, stop_timeout),
+            )
+        })
+    }
+
     /// A child registered as `name`, built afresh by `make` on every (re)start; its current handle
     /// is written to `slot`.
     pub fn new<A, F>(name: String, slot: Slot<A::Msg>, make: F) -> Self
@@ -109,10 +125,30 @@ pub struct RootState {
     stopping: bool,
 }
 
-pub struct RootSupervisor;
+/// Names a supervisor kind for its metrics.
+pub trait SupervisorKind: Send + Sync + 'static {
+    const KIND: &'static str;
+}
 
-impl ShopActor for RootSupervisor {
+pub struct Root;
+impl SupervisorKind for Root {
     const KIND: &'static str = "root_supervisor";
+}
+
+/// A supervisor over a fixed, ordered list of children: the root, and domain supervisors such as
+/// the inventory supervisor over its shards.
+pub struct Supervisor<K>(std::marker::PhantomData<K>);
+
+impl<K> Default for Supervisor<K> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+pub type RootSupervisor = Supervisor<Root>;
+
+impl<K: SupervisorKind> ShopActor for Supervisor<K> {
+    const KIND: &'static str = K::KIND;
     type Msg = RootMsg;
     type State = RootState;
     type Arguments = (Vec<ChildSpec>, RestartPolicy, Duration);
@@ -247,7 +283,7 @@ impl ActorSystem {
         };
         let (root, join) = instrument::spawn(
             Some(format!("{}root", config.name_prefix)),
-            RootSupervisor,
+            RootSupervisor::default(),
             (children, config.restart, stop_timeout),
             None,
         )

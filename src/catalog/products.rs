@@ -16,6 +16,7 @@ use super::{
     parse_non_negative,
 };
 use crate::error::{AppError, FieldError};
+use shop_actors::inventory::{Inventory, InventoryError};
 
 pub const MAX_STOCK: i64 = 10_000_000;
 
@@ -741,7 +742,12 @@ pub async fn create(db: &PgPool, input: NewProduct) -> Result<Product, AppError>
     find(db, &id.to_string(), true).await
 }
 
-pub async fn update(db: &PgPool, id: Uuid, changes: ProductChanges) -> Result<Product, AppError> {
+pub async fn update(
+    db: &PgPool,
+    inventory: &Inventory,
+    id: Uuid,
+    changes: ProductChanges,
+) -> Result<Product, AppError> {
     let current = find(db, &id.to_string(), true).await?;
     let mut tx = db.begin().await?;
     let mut fields = Fields::default();
@@ -834,6 +840,16 @@ pub async fn update(db: &PgPool, id: Uuid, changes: ProductChanges) -> Result<Pr
         (None, _) => None,
     };
     fields.finish()?;
+    if let Some(on_hand) = stock {
+        let variant = current
+            .variants
+            .iter()
+            .flatten()
+            .find(|v| v.is_default)
+            .map(|v| v.id)
+            .ok_or(AppError::NotFound)?;
+        set_on_hand(inventory, variant, on_hand).await?;
+    }
 
     sqlx::query(
         "UPDATE products SET name = $2, slug = $3, description = $4, status = $5, category_id = $6,
@@ -865,14 +881,12 @@ pub async fn update(db: &PgPool, id: Uuid, changes: ProductChanges) -> Result<Pr
     .map_err(|e| conflict_on(e, CLASHES))?;
     if has_default {
         sqlx::query(
-            "UPDATE product_variants SET sku = coalesce($2, sku), barcode = $3,
-                    stock = coalesce($4, stock), weight_grams = $5
+            "UPDATE product_variants SET sku = coalesce($2, sku), barcode = $3, weight_grams = $4
              WHERE product_id = $1 AND is_default",
         )
         .bind(id)
         .bind(sku)
         .bind(barcode)
-        .bind(stock)
         .bind(weight)
         .execute(&mut *tx)
         .await
@@ -883,6 +897,22 @@ pub async fn update(db: &PgPool, id: Uuid, changes: ProductChanges) -> Result<Pr
     }
     tx.commit().await?;
     find(db, &id.to_string(), true).await
+}
+
+/// Stock on hand changes go through the variant's inventory shard, so they cannot race a
+/// reservation, and cannot go below what pending orders hold.
+async fn set_on_hand(inventory: &Inventory, variant: Uuid, on_hand: i32) -> Result<(), AppError> {
+    inventory
+        .set_on_hand(variant, on_hand)
+        .await
+        .map_err(|error| match error {
+            InventoryError::BelowHeld { held } => AppError::conflict(
+                "stock-below-held",
+                format!("{held} units are held by pending orders; stock cannot go below that."),
+            ),
+            InventoryError::Actor(actor) => actor.into(),
+            other => AppError::Internal(other.into()),
+        })
 }
 
 /// Archives: the product disappears for customers, past orders still read their lines.
@@ -1019,6 +1049,7 @@ async fn variant(db: &PgPool, product: Uuid, id: Uuid) -> Result<Variant, AppErr
 
 pub async fn update_variant(
     db: &PgPool,
+    inventory: &Inventory,
     product: Uuid,
     id: Uuid,
     changes: VariantChanges,
@@ -1062,10 +1093,13 @@ pub async fn update_variant(
         None => current.weight_grams,
     };
     fields.finish()?;
+    if let Some(on_hand) = stock {
+        set_on_hand(inventory, id, on_hand).await?;
+    }
     sqlx::query(
         "UPDATE product_variants SET sku = $3, options = $4,
                 price = CASE WHEN $5 THEN $6 ELSE price END,
-                stock = coalesce($7, stock), barcode = $8, weight_grams = $9
+                barcode = $7, weight_grams = $8
          WHERE id = $1 AND product_id = $2",
     )
     .bind(id)
@@ -1074,7 +1108,6 @@ pub async fn update_variant(
     .bind(sqlx::types::Json(options.unwrap_or_default()))
     .bind(price.is_some())
     .bind(price.flatten())
-    .bind(stock)
     .bind(barcode)
     .bind(weight)
     .execute(db)

@@ -219,7 +219,7 @@ async fn update_product(
     Path(id): Path<Uuid>,
     Json(body): Json<ProductChanges>,
 ) -> Result<axum::Json<Product>, AppError> {
-    let product = products::update(&state.db, id, body).await?;
+    let product = products::update(&state.db, &state.actors.inventory, id, body).await?;
     state.catalog_changed().await;
     Ok(axum::Json(product))
 }
@@ -268,7 +268,8 @@ async fn update_variant(
     Path((id, variant_id)): Path<(Uuid, Uuid)>,
     Json(body): Json<VariantChanges>,
 ) -> Result<axum::Json<Variant>, AppError> {
-    let variant = products::update_variant(&state.db, id, variant_id, body).await?;
+    let variant =
+        products::update_variant(&state.db, &state.actors.inventory, id, variant_id, body).await?;
     state.catalog_changed().await;
     Ok(axum::Json(variant))
 }

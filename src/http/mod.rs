@@ -3,6 +3,7 @@
 //! its OpenAPI entry.
 
 pub mod auth;
+mod cart;
 mod catalog;
 pub mod extract;
 pub mod health;
@@ -64,6 +65,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "operations", description = "Health, metrics and documentation"),
         (name = "identity", description = "Accounts and tokens"),
         (name = "catalog", description = "Categories and products"),
+        (name = "cart", description = "The customer's persistent cart"),
         (name = "admin", description = "Administration (admin role only)"),
     )
 )]
@@ -96,7 +98,8 @@ fn api_router() -> OpenApiRouter<AppState> {
             "/api/v1",
             identity::router()
                 .merge(catalog::router())
-                .merge(images::router()),
+                .merge(images::router())
+                .merge(cart::router()),
         )
         .nest(
             "/api/v1/admin",

@@ -97,8 +97,9 @@ pub struct TestApp {
     pub db: PgPool,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    // Dropped last: the database outlives the app's connections.
-    pub database: TestDatabase,
+    pub settings: Settings,
+    // Dropped last: the database outlives the app's connections. Shared with a restarted app.
+    pub database: std::sync::Arc<TestDatabase>,
 }
 
 impl TestApp {
@@ -116,7 +117,23 @@ impl TestApp {
         let mut settings = test_settings(&database);
         configure(&mut settings);
         let children = children(&settings);
-        let app = Application::build_with(settings, children)
+        Self::launch(std::sync::Arc::new(database), settings, children).await
+    }
+
+    /// Stops this app the way SIGTERM would and starts a new one on the same database and
+    /// settings: what survives is what was persisted.
+    pub async fn restart(self) -> Self {
+        let (database, settings) = (self.database.clone(), self.settings.clone());
+        self.stop().await;
+        Self::launch(database, settings, Vec::new()).await
+    }
+
+    async fn launch(
+        database: std::sync::Arc<TestDatabase>,
+        settings: Settings,
+        children: Vec<shop_actors::ChildSpec>,
+    ) -> Self {
+        let app = Application::build_with(settings.clone(), children)
             .await
             .expect("the app builds");
         let address = format!("http://{}", app.local_addr().expect("bound"));
@@ -140,6 +157,7 @@ impl TestApp {
             db,
             shutdown: Some(shutdown),
             server: Some(server),
+            settings,
             database,
         }
     }

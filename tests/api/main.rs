@@ -4,11 +4,13 @@
 
 mod helpers;
 
+mod carts;
 mod catalog;
 mod cli;
 mod deploy_files;
 mod identity;
 mod images;
+mod inventory;
 mod lifecycle;
 mod media;
 mod openapi;

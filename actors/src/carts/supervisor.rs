@@ -1,0 +1,143 @@
+//! The cart supervisor: spawns a customer's cart actor on first touch, forgets it when it stops
+//! for idleness, and restarts it (state reloaded from PostgreSQL) when it fails.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ractor::{ActorCell, ActorId, ActorProcessingErr, RpcReplyPort, SupervisionEvent};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::actor::{CartActor, CartArgs, CartMsg};
+use crate::instrument::{self, Mailbox, ShopActor};
+use crate::inventory::Inventory;
+
+pub enum CartSupervisorMsg {
+    /// The running cart of a customer, spawned if needed.
+    CartOf(Uuid, RpcReplyPort<Result<Mailbox<CartMsg>, String>>),
+    /// How many carts are alive.
+    Active(RpcReplyPort<usize>),
+    Running(Uuid, RpcReplyPort<Option<ActorCell>>),
+}
+
+#[derive(Clone)]
+pub struct SupervisorArgs {
+    pub prefix: String,
+    pub db: PgPool,
+    pub inventory: Inventory,
+    pub idle_timeout: Duration,
+}
+
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    carts: HashMap<Uuid, Mailbox<CartMsg>>,
+    owners: HashMap<ActorId, Uuid>,
+}
+
+pub struct CartSupervisor;
+
+impl CartSupervisor {
+    pub const KIND_NAME: &'static str = "cart_supervisor";
+}
+
+impl SupervisorState {
+    async fn spawn(
+        &mut self,
+        myself: &Mailbox<CartSupervisorMsg>,
+        user: Uuid,
+    ) -> Result<Mailbox<CartMsg>, String> {
+        let args = CartArgs {
+            user,
+            db: self.args.db.clone(),
+            inventory: self.args.inventory.clone(),
+            idle_timeout: self.args.idle_timeout,
+        };
+        let name = format!("{}cart-{user}", self.args.prefix);
+        let (cart, _) = instrument::spawn(Some(name), CartActor, args, Some(myself.cell()))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.owners.insert(cart.cell().get_id(), user);
+        self.carts.insert(user, cart.clone());
+        Ok(cart)
+    }
+}
+
+impl ShopActor for CartSupervisor {
+    const KIND: &'static str = Self::KIND_NAME;
+    type Msg = CartSupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: Mailbox<CartSupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            args,
+            carts: HashMap::new(),
+            owners: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: Mailbox<CartSupervisorMsg>,
+        message: CartSupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CartSupervisorMsg::CartOf(user, reply) => {
+                let running = state
+                    .carts
+                    .get(&user)
+                    .filter(|cart| cart.cell().get_status() == ractor::ActorStatus::Running);
+                let answer = match running {
+                    Some(cart) => Ok(cart.clone()),
+                    None => state.spawn(&myself, user).await,
+                };
+                let _ = reply.send(answer);
+            }
+            CartSupervisorMsg::Active(reply) => {
+                let _ = reply.send(state.carts.len());
+            }
+            CartSupervisorMsg::Running(user, reply) => {
+                let _ = reply.send(state.carts.get(&user).map(Mailbox::cell));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: Mailbox<CartSupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failed) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, false),
+            SupervisionEvent::ActorFailed(cell, error) => {
+                tracing::warn!(%error, "a cart actor failed; restarting it from PostgreSQL");
+                (cell, true)
+            }
+            _ => return Ok(()),
+        };
+        let Some(user) = state.owners.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state
+            .carts
+            .get(&user)
+            .is_some_and(|cart| cart.cell().get_id() == cell.get_id())
+        {
+            state.carts.remove(&user);
+        }
+        if failed {
+            metrics::counter!("actor_restarts_total", "kind" => CartActor::KIND_NAME).increment(1);
+            if let Err(error) = state.spawn(&myself, user).await {
+                tracing::warn!(%error, %user, "cart restart failed; it revives on the next touch");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,372 @@
+//! Inventory: N shard actors, each the only writer of the availability of its variants
+//! (shard = hash(variant_id) mod N), under the inventory supervisor. "Single writer, not locks":
+//! 10,000 buyers of 100 units are decided one message at a time in memory, and every decision is
+//! persisted (group-committed) before it is acknowledged. The [`Inventory`] handle is what the rest
+//! of the shop calls: it expands bundles into component demand and makes a multi-shard
+//! reservation all-or-nothing.
+
+mod shard;
+mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::ActorCell;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::instrument::{ActorError, Slot};
+use crate::root::{ChildSpec, RestartPolicy, SupervisorKind};
+pub use shard::{InventoryShard, ShardArgs, ShardMsg};
+
+/// One line of demand: so many units of a variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    pub variant_id: Uuid,
+    pub quantity: i32,
+}
+
+/// A line that cannot be served: what was asked and what is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shortage {
+    pub variant_id: Uuid,
+    pub requested: i32,
+    pub available: i32,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum InventoryError {
+    #[error("not enough stock")]
+    Short(Vec<Shortage>),
+    #[error("stock on hand cannot go below the {held} units held by pending orders")]
+    BelowHeld { held: i32 },
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+    #[error("inventory storage: {0}")]
+    Storage(String),
+}
+
+impl From<sqlx::Error> for InventoryError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Storage(error.to_string())
+    }
+}
+
+pub struct InventoryKind;
+impl SupervisorKind for InventoryKind {
+    const KIND: &'static str = "inventory_supervisor";
+}
+
+#[derive(Debug, Clone)]
+pub struct InventoryConfig {
+    pub shards: usize,
+    /// How often each shard looks for expired holds.
+    pub expiry_interval: Duration,
+    /// How often each shard checks its memory against PostgreSQL.
+    pub reconcile_interval: Duration,
+    pub call_timeout: Duration,
+}
+
+/// The typed handle to the inventory shards.
+#[derive(Clone)]
+pub struct Inventory {
+    shards: Vec<Slot<ShardMsg>>,
+    db: PgPool,
+    timeout: Duration,
+}
+
+impl Inventory {
+    /// The handle and the supervisor's child spec (registered as `{prefix}inventory`, shards as
+    /// `{prefix}inventory-shard-{i}`).
+    pub fn new(
+        prefix: &str,
+        db: PgPool,
+        config: &InventoryConfig,
+        policy: RestartPolicy,
+        supervisor_slot: Slot<crate::root::RootMsg>,
+    ) -> (Self, ChildSpec) {
+        let count = config.shards.max(1);
+        let mut shards = Vec::with_capacity(count);
+        let mut specs = Vec::with_capacity(count);
+        for index in 0..count {
+            let slot = Slot::empty(InventoryShard::KIND_NAME);
+            let args = ShardArgs {
+                index,
+                count,
+                db: db.clone(),
+                expiry_interval: config.expiry_interval,
+                reconcile_interval: config.reconcile_interval,
+            };
+            specs.push(ChildSpec::new(
+                format!("{prefix}inventory-shard-{index}"),
+                slot.clone(),
+                move || (InventoryShard, args.clone()),
+            ));
+            shards.push(slot);
+        }
+        let spec = ChildSpec::supervisor::<InventoryKind>(
+            format!("{prefix}inventory"),
+            supervisor_slot,
+            specs,
+            policy,
+            Duration::from_secs(10),
+        );
+        (
+            Self {
+                shards,
+                db,
+                timeout: config.call_timeout,
+            },
+            spec,
+        )
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn shard_of(&self, variant: Uuid) -> usize {
+        shard_index(variant, self.shards.len())
+    }
+
+    /// The actor now running shard `index` (tests kill it to see it rebuilt).
+    pub fn shard_cell(&self, index: usize) -> Option<ActorCell> {
+        self.shards
+            .get(index)?
+            .get()
+            .ok()
+            .map(|mailbox| mailbox.cell())
+    }
+
+    /// Bundles become the demand of their components; demand for the same variant is summed.
+    pub async fn expand(&self, demand: &[Demand]) -> Result<Vec<Demand>, InventoryError> {
+        let ids: Vec<Uuid> = demand.iter().map(|d| d.variant_id).collect();
+        let components = store::bundle_components(&self.db, &ids).await?;
+        let mut total: BTreeMap<Uuid, i32> = BTreeMap::new();
+        for line in demand {
+            match components.get(&line.variant_id) {
+                Some(parts) => {
+                    for (component, per_bundle) in parts {
+                        *total.entry(*component).or_default() += per_bundle * line.quantity;
+                    }
+                }
+                None => *total.entry(line.variant_id).or_default() += line.quantity,
+            }
+        }
+        Ok(total
+            .into_iter()
+            .map(|(variant_id, quantity)| Demand {
+                variant_id,
+                quantity,
+            })
+            .collect())
+    }
+
+    fn by_shard(&self, demand: &[Demand]) -> BTreeMap<usize, Vec<Demand>> {
+        let mut grouped: BTreeMap<usize, Vec<Demand>> = BTreeMap::new();
+        for line in demand {
+            grouped
+                .entry(self.shard_of(line.variant_id))
+                .or_default()
+                .push(*line);
+        }
+        grouped
+    }
+
+    /// Units of each (plain) variant that can be sold now.
+    pub async fn available(&self, variants: &[Uuid]) -> Result<HashMap<Uuid, i32>, InventoryError> {
+        let demand: Vec<Demand> = variants
+            .iter()
+            .map(|v| Demand {
+                variant_id: *v,
+                quantity: 0,
+            })
+            .collect();
+        let mut available = HashMap::new();
+        for (shard, lines) in self.by_shard(&demand) {
+            let ids = lines.iter().map(|d| d.variant_id).collect();
+            let answer = self.shards[shard]
+                .get()?
+                .call(|reply| ShardMsg::Available(ids, reply), self.timeout)
+                .await??;
+            available.extend(answer);
+        }
+        Ok(available)
+    }
+
+    /// How many units of `variant` can be sold now; for a bundle, how many whole bundles.
+    pub async fn available_for(&self, variant: Uuid) -> Result<i32, InventoryError> {
+        let per_unit = self
+            .expand(&[Demand {
+                variant_id: variant,
+                quantity: 1,
+            }])
+            .await?;
+        let ids: Vec<Uuid> = per_unit.iter().map(|d| d.variant_id).collect();
+        let available = self.available(&ids).await?;
+        Ok(per_unit
+            .iter()
+            .map(|d| available.get(&d.variant_id).copied().unwrap_or(0) / d.quantity.max(1))
+            .min()
+            .unwrap_or(0))
+    }
+
+    /// Holds `demand` for `owner` until `ttl` has passed, all or nothing: shards are asked in
+    /// order; if any line is short, what was granted is released and every short line is
+    /// reported.
+    pub async fn reserve(
+        &self,
+        owner: Uuid,
+        demand: &[Demand],
+        ttl: Duration,
+    ) -> Result<(), InventoryError> {
+        let demand = self.expand(demand).await?;
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::minutes(15));
+        let mut granted = Vec::new();
+        let mut shortages = Vec::new();
+        for (shard, lines) in self.by_shard(&demand) {
+            let mailbox = match self.shards[shard].get() {
+                Ok(mailbox) => mailbox,
+                Err(error) => {
+                    self.release_from(owner, &granted).await;
+                    return Err(error.into());
+                }
+            };
+            if !shortages.is_empty() {
+                // Already failing: only ask what is there, so nothing more is held meanwhile.
+                let ids: Vec<Uuid> = lines.iter().map(|d| d.variant_id).collect();
+                if let Ok(Ok(available)) = mailbox
+                    .call(|reply| ShardMsg::Available(ids, reply), self.timeout)
+                    .await
+                {
+                    shortages.extend(short_lines(&lines, &available.into_iter().collect()));
+                }
+                continue;
+            }
+            let answer = mailbox
+                .call(
+                    |reply| ShardMsg::Reserve {
+                        owner,
+                        lines: lines.clone(),
+                        expires_at,
+                        reply,
+                    },
+                    self.timeout,
+                )
+                .await;
+            match answer {
+                Ok(Ok(())) => granted.push(shard),
+                Ok(Err(InventoryError::Short(short))) => shortages.extend(short),
+                Ok(Err(error)) => {
+                    self.release_from(owner, &granted).await;
+                    return Err(error);
+                }
+                Err(error) => {
+                    // The shard may or may not have persisted the hold: release there too.
+                    granted.push(shard);
+                    self.release_from(owner, &granted).await;
+                    return Err(error.into());
+                }
+            }
+        }
+        if shortages.is_empty() {
+            Ok(())
+        } else {
+            self.release_from(owner, &granted).await;
+            Err(InventoryError::Short(shortages))
+        }
+    }
+
+    async fn release_from(&self, owner: Uuid, shards: &[usize]) {
+        for shard in shards {
+            if let Err(error) = self.release_on(*shard, owner).await {
+                tracing::error!(%owner, shard, %error, "compensating release failed; the hold expires on its own");
+            }
+        }
+    }
+
+    async fn release_on(&self, shard: usize, owner: Uuid) -> Result<i32, InventoryError> {
+        self.shards[shard]
+            .get()?
+            .call(|reply| ShardMsg::Release { owner, reply }, self.timeout)
+            .await?
+    }
+
+    /// Releases everything `owner` holds (idempotent). Returns the units released.
+    pub async fn release(&self, owner: Uuid) -> Result<i32, InventoryError> {
+        let mut released = 0;
+        for shard in 0..self.shards.len() {
+            released += self.release_on(shard, owner).await?;
+        }
+        Ok(released)
+    }
+
+    /// Turns `owner`'s holds into sales: stock on hand goes down in the same transaction.
+    /// Returns the units committed (0 when the holds had expired or were released).
+    pub async fn commit(&self, owner: Uuid) -> Result<i32, InventoryError> {
+        let mut committed = 0;
+        for slot in &self.shards {
+            committed += slot
+                .get()?
+                .call(|reply| ShardMsg::Commit { owner, reply }, self.timeout)
+                .await??;
+        }
+        Ok(committed)
+    }
+
+    /// Sets the units on hand of a variant (admin stock edits), refusing to go below what pending
+    /// orders hold.
+    pub async fn set_on_hand(&self, variant: Uuid, on_hand: i32) -> Result<(), InventoryError> {
+        self.shards[self.shard_of(variant)]
+            .get()?
+            .call(
+                |reply| ShardMsg::SetOnHand {
+                    variant,
+                    on_hand,
+                    reply,
+                },
+                self.timeout,
+            )
+            .await?
+    }
+
+    /// Compares every shard's memory with PostgreSQL; the number of variants that disagree
+    /// (also the gauge `inventory_reconciliation_mismatches`). Should always be 0.
+    pub async fn reconcile(&self) -> Result<u32, InventoryError> {
+        let mut mismatches = 0;
+        for slot in &self.shards {
+            mismatches += slot
+                .get()?
+                .call(ShardMsg::Reconcile, self.timeout)
+                .await??;
+        }
+        Ok(mismatches)
+    }
+}
+
+fn short_lines(lines: &[Demand], available: &HashMap<Uuid, i32>) -> Vec<Shortage> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let there = available.get(&line.variant_id).copied().unwrap_or(0);
+            (there < line.quantity).then_some(Shortage {
+                variant_id: line.variant_id,
+                requested: line.quantity,
+                available: there.max(0),
+            })
+        })
+        .collect()
+}
+
+/// A stable shard for a variant (the same in every process and after restarts).
+pub fn shard_index(variant: Uuid, shards: usize) -> usize {
+    // SipHash with fixed keys: stable, and spreads v7 UUIDs whose leading bytes are a timestamp.
+    #[allow(deprecated)]
+    let mut hasher = std::hash::SipHasher::new();
+    variant.hash(&mut hasher);
+    (hasher.finish() % shards.max(1) as u64) as usize
+}

@@ -1,0 +1,460 @@
+//! One inventory shard: the only writer of its variants' availability. Stock is loaded from
+//! PostgreSQL on first touch (on hand minus live holds) and live holds at start, so a restarted
+//! shard rebuilds exactly what was persisted. Reservations are group-committed: a `Reserve` is
+//! decided in memory and queued; a `Flush` the shard sends itself (after whatever is already in
+//! its mailbox) persists the whole batch in one statement, and only then are the callers answered.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{ActorProcessingErr, RpcReplyPort};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::store::{self, HoldRow};
+use super::{Demand, InventoryError, Shortage, shard_index};
+use crate::instrument::{Mailbox, ShopActor};
+
+pub enum ShardMsg {
+    Available(
+        Vec<Uuid>,
+        RpcReplyPort<Result<Vec<(Uuid, i32)>, InventoryError>>,
+    ),
+    Reserve {
+        owner: Uuid,
+        lines: Vec<Demand>,
+        expires_at: DateTime<Utc>,
+        reply: RpcReplyPort<Result<(), InventoryError>>,
+    },
+    /// Persist the reservations decided since the last flush, then answer their callers.
+    Flush,
+    Commit {
+        owner: Uuid,
+        reply: RpcReplyPort<Result<i32, InventoryError>>,
+    },
+    Release {
+        owner: Uuid,
+        reply: RpcReplyPort<Result<i32, InventoryError>>,
+    },
+    SetOnHand {
+        variant: Uuid,
+        on_hand: i32,
+        reply: RpcReplyPort<Result<(), InventoryError>>,
+    },
+    /// Release holds whose time is up (the shard's own timer).
+    ExpireDue,
+    Reconcile(RpcReplyPort<Result<u32, InventoryError>>),
+}
+
+#[derive(Clone)]
+pub struct ShardArgs {
+    pub index: usize,
+    pub count: usize,
+    pub db: PgPool,
+    pub expiry_interval: Duration,
+    pub reconcile_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Stock {
+    on_hand: i32,
+    held: i32,
+}
+
+impl Stock {
+    fn available(self) -> i32 {
+        (self.on_hand - self.held).max(0)
+    }
+}
+
+struct Pending {
+    owner: Uuid,
+    lines: Vec<Demand>,
+    expires_at: DateTime<Utc>,
+    reply: RpcReplyPort<Result<(), InventoryError>>,
+}
+
+pub struct ShardState {
+    index: usize,
+    count: usize,
+    db: PgPool,
+    stock: HashMap<Uuid, Stock>,
+    /// Live holds by owner: (variant, units, expiry).
+    holds: HashMap<Uuid, Vec<(Uuid, i32, DateTime<Utc>)>>,
+    pending: Vec<Pending>,
+    flush_queued: bool,
+    shard_label: String,
+}
+
+pub struct InventoryShard;
+
+impl InventoryShard {
+    pub const KIND_NAME: &'static str = "inventory_shard";
+}
+
+/// Sends `message` to `mailbox` every `every` until the actor is gone.
+fn tick(mailbox: Mailbox<ShardMsg>, every: Duration, message: fn() -> ShardMsg) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if mailbox.cast(message()).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+impl ShardState {
+    /// Makes sure every variant of `ids` this shard owns is in memory.
+    async fn load(&mut self, ids: &[Uuid]) -> Result<(), InventoryError> {
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !self.stock.contains_key(id))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (variant, on_hand, held) in store::load_stock(&self.db, &missing).await? {
+            self.stock.insert(variant, Stock { on_hand, held });
+        }
+        // Variants that do not exist have nothing to sell.
+        for id in missing {
+            self.stock.entry(id).or_default();
+        }
+        Ok(())
+    }
+
+    fn report(&self) {
+        let held: i64 = self.stock.values().map(|s| i64::from(s.held)).sum();
+        metrics::gauge!("inventory_reserved_units", "shard" => self.shard_label.clone())
+            .set(held as f64);
+    }
+
+    async fn flush(&mut self) {
+        self.flush_queued = false;
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let rows: Vec<HoldRow> = batch
+            .iter()
+            .flat_map(|p| {
+                p.lines.iter().map(|line| HoldRow {
+                    owner_id: p.owner,
+                    variant_id: line.variant_id,
+                    quantity: line.quantity,
+                    expires_at: p.expires_at,
+                })
+            })
+            .collect();
+        metrics::histogram!("inventory_flush_batch_size").record(batch.len() as f64);
+        match store::insert_holds(&self.db, &rows).await {
+            Ok(()) => {
+                for pending in batch {
+                    let _ = pending.reply.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(shard = self.index, %error, "persisting reservations failed; undoing them");
+                for pending in batch {
+                    self.undo(&pending);
+                    let _ = pending
+                        .reply
+                        .send(Err(InventoryError::Storage(error.to_string())));
+                }
+            }
+        }
+        self.report();
+    }
+
+    fn undo(&mut self, pending: &Pending) {
+        for line in &pending.lines {
+            if let Some(stock) = self.stock.get_mut(&line.variant_id) {
+                stock.held -= line.quantity;
+            }
+        }
+        if let Some(holds) = self.holds.get_mut(&pending.owner) {
+            holds.retain(|(variant, _, expires)| {
+                !(pending.lines.iter().any(|l| l.variant_id == *variant)
+                    && *expires == pending.expires_at)
+            });
+            if holds.is_empty() {
+                self.holds.remove(&pending.owner);
+            }
+        }
+    }
+
+    async fn reserve(&mut self, owner: Uuid, lines: &[Demand]) -> Result<(), InventoryError> {
+        let ids: Vec<Uuid> = lines.iter().map(|l| l.variant_id).collect();
+        self.load(&ids).await?;
+        let short: Vec<Shortage> = lines
+            .iter()
+            .filter_map(|line| {
+                let available = self
+                    .stock
+                    .get(&line.variant_id)
+                    .copied()
+                    .unwrap_or_default()
+                    .available();
+                (available < line.quantity).then_some(Shortage {
+                    variant_id: line.variant_id,
+                    requested: line.quantity,
+                    available,
+                })
+            })
+            .collect();
+        if !short.is_empty() {
+            return Err(InventoryError::Short(short));
+        }
+        let _ = owner;
+        for line in lines {
+            if let Some(stock) = self.stock.get_mut(&line.variant_id) {
+                stock.held += line.quantity;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(
+        &mut self,
+        owners: &[Uuid],
+        only_expired: bool,
+    ) -> Result<i32, InventoryError> {
+        let variants: Vec<Uuid> = owners
+            .iter()
+            .filter_map(|owner| self.holds.get(owner))
+            .flatten()
+            .map(|(variant, _, _)| *variant)
+            .collect();
+        if variants.is_empty() {
+            return Ok(0);
+        }
+        let released = store::release(&self.db, owners, &variants, only_expired).await?;
+        let mut units = 0;
+        for (owner, variant, quantity) in released {
+            units += quantity;
+            if let Some(stock) = self.stock.get_mut(&variant) {
+                stock.held -= quantity;
+            }
+            if let Some(holds) = self.holds.get_mut(&owner) {
+                if let Some(at) = holds
+                    .iter()
+                    .position(|(v, q, _)| *v == variant && *q == quantity)
+                {
+                    holds.remove(at);
+                }
+                if holds.is_empty() {
+                    self.holds.remove(&owner);
+                }
+            }
+        }
+        self.report();
+        Ok(units)
+    }
+}
+
+impl ShopActor for InventoryShard {
+    const KIND: &'static str = Self::KIND_NAME;
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: Mailbox<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        let mut state = ShardState {
+            index: args.index,
+            count: args.count,
+            db: args.db,
+            stock: HashMap::new(),
+            holds: HashMap::new(),
+            pending: Vec::new(),
+            flush_queued: false,
+            shard_label: args.index.to_string(),
+        };
+        // Rebuild: every live hold of this shard's variants, and those variants' stock.
+        let holds: Vec<HoldRow> = store::live_holds(&state.db)
+            .await?
+            .into_iter()
+            .filter(|hold| shard_index(hold.variant_id, state.count) == state.index)
+            .collect();
+        let variants: Vec<Uuid> = holds.iter().map(|h| h.variant_id).collect();
+        state.load(&variants).await?;
+        for hold in holds {
+            state.holds.entry(hold.owner_id).or_default().push((
+                hold.variant_id,
+                hold.quantity,
+                hold.expires_at,
+            ));
+        }
+        state.report();
+        tick(myself.clone(), args.expiry_interval, || ShardMsg::ExpireDue);
+        tick(myself, args.reconcile_interval, || {
+            // A reconciliation nobody waits for: it only sets the gauge.
+            let (reply, _) = ractor::concurrency::oneshot();
+            ShardMsg::Reconcile(reply.into())
+        });
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: Mailbox<ShardMsg>,
+        message: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMsg::Available(ids, reply) => {
+                let answer = state.load(&ids).await.map(|()| {
+                    ids.iter()
+                        .map(|id| {
+                            (
+                                *id,
+                                state.stock.get(id).copied().unwrap_or_default().available(),
+                            )
+                        })
+                        .collect()
+                });
+                let _ = reply.send(answer);
+            }
+            ShardMsg::Reserve {
+                owner,
+                lines,
+                expires_at,
+                reply,
+            } => match state.reserve(owner, &lines).await {
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+                Ok(()) => {
+                    let holds = state.holds.entry(owner).or_default();
+                    holds.extend(lines.iter().map(|l| (l.variant_id, l.quantity, expires_at)));
+                    state.pending.push(Pending {
+                        owner,
+                        lines,
+                        expires_at,
+                        reply,
+                    });
+                    if !state.flush_queued {
+                        state.flush_queued = true;
+                        if myself.cast(ShardMsg::Flush).is_err() {
+                            state.flush().await;
+                        }
+                    }
+                }
+            },
+            ShardMsg::Flush => state.flush().await,
+            ShardMsg::Commit { owner, reply } => {
+                state.flush().await;
+                let variants: Vec<Uuid> = state
+                    .holds
+                    .get(&owner)
+                    .map(|holds| holds.iter().map(|(v, _, _)| *v).collect())
+                    .unwrap_or_default();
+                let answer = if variants.is_empty() {
+                    Ok(0)
+                } else {
+                    match store::commit(&state.db, owner, &variants).await {
+                        Ok(sold) => {
+                            let mut units = 0;
+                            for (variant, quantity) in sold {
+                                units += quantity;
+                                if let Some(stock) = state.stock.get_mut(&variant) {
+                                    stock.on_hand -= quantity;
+                                    stock.held -= quantity;
+                                }
+                            }
+                            state.holds.remove(&owner);
+                            state.report();
+                            Ok(units)
+                        }
+                        Err(error) => Err(error.into()),
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            ShardMsg::Release { owner, reply } => {
+                state.flush().await;
+                let _ = reply.send(state.release(&[owner], false).await);
+            }
+            ShardMsg::SetOnHand {
+                variant,
+                on_hand,
+                reply,
+            } => {
+                state.flush().await;
+                let answer = async {
+                    state.load(&[variant]).await?;
+                    let held = state.stock.get(&variant).map_or(0, |s| s.held);
+                    if on_hand < held {
+                        return Err(InventoryError::BelowHeld { held });
+                    }
+                    store::set_on_hand(&state.db, variant, on_hand).await?;
+                    if let Some(stock) = state.stock.get_mut(&variant) {
+                        stock.on_hand = on_hand;
+                    }
+                    Ok(())
+                }
+                .await;
+                let _ = reply.send(answer);
+            }
+            ShardMsg::ExpireDue => {
+                state.flush().await;
+                let now = Utc::now();
+                let due: Vec<Uuid> = state
+                    .holds
+                    .iter()
+                    .filter(|(_, holds)| holds.iter().any(|(_, _, expires)| *expires <= now))
+                    .map(|(owner, _)| *owner)
+                    .collect();
+                if !due.is_empty() {
+                    match state.release(&due, true).await {
+                        Ok(units) => {
+                            tracing::debug!(shard = state.index, units, "expired holds released")
+                        }
+                        Err(error) => {
+                            tracing::warn!(shard = state.index, %error, "releasing expired holds failed")
+                        }
+                    }
+                }
+            }
+            ShardMsg::Reconcile(reply) => {
+                state.flush().await;
+                let ids: Vec<Uuid> = state.stock.keys().copied().collect();
+                let answer = store::load_stock(&state.db, &ids).await.map(|rows| {
+                    let found: HashMap<Uuid, (i32, i32)> =
+                        rows.into_iter().map(|(v, on_hand, held)| (v, (on_hand, held))).collect();
+                    let mismatches = state
+                        .stock
+                        .iter()
+                        .filter(|(variant, stock)| {
+                            let (on_hand, held) = found.get(variant).copied().unwrap_or((0, 0));
+                            stock.on_hand != on_hand || stock.held != held || stock.held < 0
+                        })
+                        .count() as u32;
+                    metrics::gauge!("inventory_reconciliation_mismatches", "shard" => state.shard_label.clone())
+                        .set(f64::from(mismatches));
+                    mismatches
+                });
+                let _ = reply.send(answer.map_err(InventoryError::from));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: Mailbox<ShardMsg>,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Whatever was decided but not yet persisted is persisted (or refused) before stopping.
+        state.flush().await;
+        Ok(())
+    }
+}

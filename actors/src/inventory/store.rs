@@ -1,0 +1,147 @@
+//! The inventory's SQL: reservations and stock on hand.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Per bundle variant among `variants`: its components and units of each per bundle.
+pub async fn bundle_components(
+    db: &PgPool,
+    variants: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<(Uuid, i32)>>, sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, i32)> = sqlx::query_as(
+        "SELECT v.id, bc.variant_id, bc.quantity
+         FROM product_variants v
+         JOIN products p ON p.id = v.product_id AND p.type = 'bundle'
+         JOIN bundle_components bc ON bc.bundle_id = p.id
+         WHERE v.id = ANY($1)",
+    )
+    .bind(variants)
+    .fetch_all(db)
+    .await?;
+    let mut components: HashMap<Uuid, Vec<(Uuid, i32)>> = HashMap::new();
+    for (bundle, component, quantity) in rows {
+        components
+            .entry(bundle)
+            .or_default()
+            .push((component, quantity));
+    }
+    Ok(components)
+}
+
+/// Stock on hand and units held, per variant. Unknown variants are absent.
+pub async fn load_stock(
+    db: &PgPool,
+    variants: &[Uuid],
+) -> Result<Vec<(Uuid, i32, i32)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT v.id, v.stock,
+                coalesce((SELECT sum(r.quantity) FROM stock_reservations r
+                          WHERE r.variant_id = v.id AND r.status = 'held'), 0)::int
+         FROM product_variants v WHERE v.id = ANY($1)",
+    )
+    .bind(variants)
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HoldRow {
+    pub owner_id: Uuid,
+    pub variant_id: Uuid,
+    pub quantity: i32,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn live_holds(db: &PgPool) -> Result<Vec<HoldRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT owner_id, variant_id, quantity, expires_at FROM stock_reservations WHERE status = 'held'",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Persists a batch of new holds in one statement.
+pub async fn insert_holds(db: &PgPool, holds: &[HoldRow]) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = holds.iter().map(|_| Uuid::now_v7()).collect();
+    let owners: Vec<Uuid> = holds.iter().map(|h| h.owner_id).collect();
+    let variants: Vec<Uuid> = holds.iter().map(|h| h.variant_id).collect();
+    let quantities: Vec<i32> = holds.iter().map(|h| h.quantity).collect();
+    let expiries: Vec<DateTime<Utc>> = holds.iter().map(|h| h.expires_at).collect();
+    sqlx::query(
+        "INSERT INTO stock_reservations (id, owner_id, variant_id, quantity, expires_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[])",
+    )
+    .bind(ids)
+    .bind(owners)
+    .bind(variants)
+    .bind(quantities)
+    .bind(expiries)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks `owner`'s held rows on `variants` released (all of them, or only the expired ones).
+pub async fn release(
+    db: &PgPool,
+    owners: &[Uuid],
+    variants: &[Uuid],
+    only_expired: bool,
+) -> Result<Vec<(Uuid, Uuid, i32)>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE stock_reservations SET status = 'released'
+         WHERE owner_id = ANY($1) AND variant_id = ANY($2) AND status = 'held'
+           AND (NOT $3 OR expires_at <= now())
+         RETURNING owner_id, variant_id, quantity",
+    )
+    .bind(owners)
+    .bind(variants)
+    .bind(only_expired)
+    .fetch_all(db)
+    .await
+}
+
+/// Turns `owner`'s holds on `variants` into sales and takes the units off the shelf, in one
+/// transaction.
+pub async fn commit(
+    db: &PgPool,
+    owner: Uuid,
+    variants: &[Uuid],
+) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let sold: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE stock_reservations SET status = 'committed'
+         WHERE owner_id = $1 AND variant_id = ANY($2) AND status = 'held'
+         RETURNING variant_id, quantity",
+    )
+    .bind(owner)
+    .bind(variants)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<Uuid> = sold.iter().map(|(v, _)| *v).collect();
+    let units: Vec<i32> = sold.iter().map(|(_, q)| *q).collect();
+    sqlx::query(
+        "UPDATE product_variants v SET stock = v.stock - s.units
+         FROM (SELECT variant_id, sum(units)::int AS units
+               FROM UNNEST($1::uuid[], $2::int[]) AS t(variant_id, units) GROUP BY variant_id) s
+         WHERE v.id = s.variant_id",
+    )
+    .bind(&ids)
+    .bind(&units)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(sold)
+}
+
+pub async fn set_on_hand(db: &PgPool, variant: Uuid, on_hand: i32) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE product_variants SET stock = $2 WHERE id = $1")
+        .bind(variant)
+        .bind(on_hand)
+        .execute(db)
+        .await?;
+    Ok(())
+}

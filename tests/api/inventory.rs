@@ -1,0 +1,361 @@
+//! Inventory shards against real PostgreSQL: no oversell under a flash sale, all-or-nothing
+//! multi-line reservations, expiry, commits, bundles, and a shard rebuilt after a crash.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+use shop_actors::inventory::{Demand, Inventory, InventoryError};
+use uuid::Uuid;
+
+use crate::helpers::{Session, TestApp, assert_problem, eventually, metric_value};
+
+async fn variant(app: &TestApp, admin: &Session, sku: &str, stock: i64) -> Uuid {
+    let product = app
+        .created(
+            &admin.access_token,
+            "/api/v1/products",
+            &json!({"name": sku, "sku": sku, "price": 100, "stock": stock, "status": "active"}),
+        )
+        .await;
+    product["variants"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn one(variant: Uuid, quantity: i32) -> Vec<Demand> {
+    vec![Demand {
+        variant_id: variant,
+        quantity,
+    }]
+}
+
+const TTL: Duration = Duration::from_secs(900);
+
+/// (on hand, held, sold) of a variant, from PostgreSQL.
+async fn ledger(app: &TestApp, variant: Uuid) -> (i32, i32, i32) {
+    sqlx::query_as(
+        "SELECT v.stock,
+                coalesce(sum(r.quantity) FILTER (WHERE r.status = 'held'), 0)::int,
+                coalesce(sum(r.quantity) FILTER (WHERE r.status = 'committed'), 0)::int
+         FROM product_variants v LEFT JOIN stock_reservations r ON r.variant_id = v.id
+         WHERE v.id = $1 GROUP BY v.stock",
+    )
+    .bind(variant)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+fn inventory(app: &TestApp) -> &Inventory {
+    &app.state.actors.inventory
+}
+
+#[tokio::test]
+async fn a_flash_sale_of_500_buyers_for_50_units_sells_exactly_50() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let hot = variant(&app, &admin, "HOT", 50).await;
+    let attempts = (0..500).map(|_| {
+        let inventory = inventory(&app).clone();
+        async move { inventory.reserve(Uuid::new_v4(), &one(hot, 1), TTL).await }
+    });
+    let results = join_all(attempts.map(tokio::spawn)).await;
+    let granted = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(InventoryError::Short(_)))))
+        .count();
+    assert_eq!((granted, refused), (50, 450));
+    let (on_hand, held, sold) = ledger(&app, hot).await;
+    assert_eq!((on_hand, held, sold), (50, 50, 0));
+    assert_eq!(inventory(&app).available(&[hot]).await.unwrap()[&hot], 0);
+    assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+    let text = app.metrics().await;
+    assert!(
+        text.contains("actor_messages_total{kind=\"inventory_shard\"}"),
+        "{text}"
+    );
+    assert!(text.contains("inventory_reserved_units{shard="));
+    assert!(
+        metric_value(&text, "inventory_reconciliation_mismatches{shard=\"0\"}")
+            .is_some_and(|n| n == 0.0)
+    );
+}
+
+#[tokio::test]
+async fn multi_line_orders_are_all_or_nothing_and_refused_ones_hold_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let plenty_a = variant(&app, &admin, "A", 1000).await;
+    let plenty_b = variant(&app, &admin, "B", 1000).await;
+    let scarce = variant(&app, &admin, "SCARCE", 10).await;
+    let owners: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
+    let attempts = owners.iter().map(|owner| {
+        let inventory = inventory(&app).clone();
+        let owner = *owner;
+        tokio::spawn(async move {
+            let lines = vec![
+                Demand {
+                    variant_id: plenty_a,
+                    quantity: 2,
+                },
+                Demand {
+                    variant_id: scarce,
+                    quantity: 1,
+                },
+                Demand {
+                    variant_id: plenty_b,
+                    quantity: 3,
+                },
+            ];
+            (owner, inventory.reserve(owner, &lines, TTL).await)
+        })
+    });
+    let results: Vec<(Uuid, Result<(), InventoryError>)> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let granted: Vec<Uuid> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(o, _)| *o)
+        .collect();
+    assert_eq!(granted.len(), 10);
+    for (_, result) in results.iter().filter(|(_, r)| r.is_err()) {
+        let Err(InventoryError::Short(short)) = result else {
+            panic!("{result:?}")
+        };
+        assert!(
+            short
+                .iter()
+                .any(|s| s.variant_id == scarce && s.available == 0)
+        );
+    }
+    // Refused owners hold nothing anywhere.
+    let held_by_refused: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(quantity), 0) FROM stock_reservations WHERE status = 'held' AND NOT (owner_id = ANY($1))",
+    )
+    .bind(&granted)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(held_by_refused, 0);
+    assert_eq!(ledger(&app, plenty_a).await.1, 20);
+    assert_eq!(ledger(&app, plenty_b).await.1, 30);
+    assert_eq!(ledger(&app, scarce).await.1, 10);
+    let available = inventory(&app)
+        .available(&[plenty_a, plenty_b])
+        .await
+        .unwrap();
+    assert_eq!((available[&plenty_a], available[&plenty_b]), (980, 970));
+    assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_hold_expires_after_its_ttl_and_the_stock_returns() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let item = variant(&app, &admin, "EXP", 3).await;
+    let owner = Uuid::new_v4();
+    inventory(&app)
+        .reserve(owner, &one(item, 3), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(inventory(&app).available(&[item]).await.unwrap()[&item], 0);
+    eventually(Duration::from_secs(10), "the hold to expire", || async {
+        (inventory(&app).available(&[item]).await.ok()?[&item] == 3).then_some(())
+    })
+    .await;
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM stock_reservations WHERE owner_id = $1")
+            .bind(owner)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "released");
+    // Committing an expired hold sells nothing.
+    assert_eq!(inventory(&app).commit(owner).await.unwrap(), 0);
+    assert_eq!(ledger(&app, item).await, (3, 0, 0));
+}
+
+#[tokio::test]
+async fn commit_sells_release_returns_and_everything_is_conserved() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let item = variant(&app, &admin, "CONS", 20).await;
+    let (buyer, canceller, idler) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    inventory(&app)
+        .reserve(buyer, &one(item, 5), TTL)
+        .await
+        .unwrap();
+    inventory(&app)
+        .reserve(canceller, &one(item, 4), TTL)
+        .await
+        .unwrap();
+    inventory(&app)
+        .reserve(idler, &one(item, 3), TTL)
+        .await
+        .unwrap();
+    assert_eq!(inventory(&app).commit(buyer).await.unwrap(), 5);
+    assert_eq!(
+        inventory(&app).commit(buyer).await.unwrap(),
+        0,
+        "commit is idempotent"
+    );
+    assert_eq!(inventory(&app).release(canceller).await.unwrap(), 4);
+    assert_eq!(
+        inventory(&app).release(canceller).await.unwrap(),
+        0,
+        "release is idempotent"
+    );
+    let (on_hand, held, sold) = ledger(&app, item).await;
+    assert_eq!((on_hand, held, sold), (15, 3, 5));
+    let available = inventory(&app).available(&[item]).await.unwrap()[&item];
+    // Conservation: what was received = available + held + sold.
+    assert_eq!(available + held + sold, 20);
+    assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_killed_shard_restarts_rebuilds_and_still_reconciles() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let item = variant(&app, &admin, "CRASH", 30).await;
+    let inventory = inventory(&app);
+    for _ in 0..4 {
+        inventory
+            .reserve(Uuid::new_v4(), &one(item, 2), TTL)
+            .await
+            .unwrap();
+    }
+    let shard = inventory.shard_of(item);
+    let before = inventory.shard_cell(shard).expect("running");
+    before.kill();
+    eventually(
+        Duration::from_secs(5),
+        "the shard to be restarted",
+        || async {
+            inventory
+                .shard_cell(shard)
+                .filter(|cell| cell.get_id() != before.get_id())
+        },
+    )
+    .await;
+    // The rebuilt shard knows the 8 held units: it grants exactly the 22 left.
+    let demand = one(item, 1);
+    let results = join_all((0..30).map(|_| inventory.reserve(Uuid::new_v4(), &demand, TTL))).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 22);
+    assert_eq!(ledger(&app, item).await, (30, 30, 0));
+    assert_eq!(inventory.reconcile().await.unwrap(), 0);
+    let text = app.metrics().await;
+    assert!(
+        metric_value(&text, "actor_restarts_total{kind=\"inventory_shard\"}")
+            .is_some_and(|n| n >= 1.0)
+    );
+}
+
+#[tokio::test]
+async fn bundles_reserve_their_components_and_demand_is_summed() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let cup = variant(&app, &admin, "CUP", 5).await;
+    let saucer = variant(&app, &admin, "SAUCER", 10).await;
+    let set: Value = app
+        .created(&admin.access_token, "/api/v1/products",
+            &json!({"type": "bundle", "name": "Set", "sku": "SET", "price": 100, "status": "active",
+                    "components": [{"variant_id": cup, "quantity": 2}, {"variant_id": saucer, "quantity": 1}]}))
+        .await;
+    let set_variant: Uuid = set["variants"][0]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(inventory(&app).available_for(set_variant).await.unwrap(), 2);
+    // Two sets need 4 cups; 2 more cups on another line make 6 > 5: refused as a whole.
+    let order = vec![
+        Demand {
+            variant_id: set_variant,
+            quantity: 2,
+        },
+        Demand {
+            variant_id: cup,
+            quantity: 2,
+        },
+    ];
+    let refused = inventory(&app).reserve(Uuid::new_v4(), &order, TTL).await;
+    let Err(InventoryError::Short(short)) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(
+        short,
+        vec![shop_actors::inventory::Shortage {
+            variant_id: cup,
+            requested: 6,
+            available: 5
+        }]
+    );
+    assert_eq!(ledger(&app, cup).await.1, 0);
+    // One set and one cup fit: 3 cups and a saucer are held.
+    let owner = Uuid::new_v4();
+    let order = vec![
+        Demand {
+            variant_id: set_variant,
+            quantity: 1,
+        },
+        Demand {
+            variant_id: cup,
+            quantity: 1,
+        },
+    ];
+    inventory(&app).reserve(owner, &order, TTL).await.unwrap();
+    assert_eq!(ledger(&app, cup).await.1, 3);
+    assert_eq!(ledger(&app, saucer).await.1, 1);
+    let detail: Value = app.get("/api/v1/products/set").await.json().await.unwrap();
+    assert_eq!(detail["stock"], 1, "2 cups left make one set");
+}
+
+#[tokio::test]
+async fn admin_stock_edits_go_through_the_shard_and_cannot_undercut_holds() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let product = app
+        .created(
+            &admin.access_token,
+            "/api/v1/products",
+            &json!({"name": "Lamp", "sku": "LAMP", "price": 100, "stock": 10, "status": "active"}),
+        )
+        .await;
+    let id = product["id"].as_str().unwrap();
+    let item: Uuid = product["variants"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    inventory(&app)
+        .reserve(Uuid::new_v4(), &one(item, 6), TTL)
+        .await
+        .unwrap();
+    let below = app
+        .patch_json_as(
+            &admin.access_token,
+            &format!("/api/v1/products/{id}"),
+            &json!({"stock": 5}),
+        )
+        .await;
+    assert_problem(below, 409).await;
+    let raised: Value = app
+        .patch_json_as(
+            &admin.access_token,
+            &format!("/api/v1/products/{id}"),
+            &json!({"stock": 25}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(raised["stock_on_hand"], 25);
+    assert_eq!(raised["stock_held"], 6);
+    assert_eq!(raised["stock"], 19);
+    assert_eq!(inventory(&app).available(&[item]).await.unwrap()[&item], 19);
+    assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+}
