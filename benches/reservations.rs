@@ -148,7 +148,7 @@ async fn main() {
     let naive_variant = hot_variant(&db).await;
     let pool = PgPoolOptions::new()
         .max_connections(naive_connections)
-        .min_connections(naive_connections)
+        .acquire_timeout(Duration::from_secs(60))
         .connect(&format!("{server}/{name}"))
         .await
         .unwrap();
