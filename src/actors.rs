@@ -3,18 +3,27 @@
 
 use std::time::Duration;
 
-use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy};
+use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, ShopActor, Slot};
+use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::messaging::relay::RelayArgs;
+use crate::messaging::{EmailDispatcher, Messaging, OutboxRelay};
 
 pub struct Actors {
     system: ActorSystem,
+    /// The outbox relay's and email dispatcher's shared parts (readiness checks use them).
+    pub messaging: Messaging,
 }
 
 impl Actors {
     /// Starts the supervision tree with the children the settings call for, plus `extra` (tests
     /// add probe children to exercise supervision).
-    pub async fn start(settings: &Settings, extra: Vec<ChildSpec>) -> anyhow::Result<Self> {
+    pub async fn start(
+        settings: &Settings,
+        db: &PgPool,
+        extra: Vec<ChildSpec>,
+    ) -> anyhow::Result<Self> {
         let config = ActorSystemConfig {
             name_prefix: settings.actors.name_prefix.clone(),
             restart: RestartPolicy {
@@ -23,9 +32,13 @@ impl Actors {
             },
             stop_timeout: Duration::from_secs(10),
         };
-        let children = extra;
+        let prefix = &settings.actors.name_prefix;
+        let mut children = Vec::new();
+        let messaging = Messaging::from_settings(settings)?;
+        children.extend(messaging_children(settings, db, &messaging, prefix));
+        children.extend(extra);
         let system = ActorSystem::start(&config, children).await?;
-        Ok(Self { system })
+        Ok(Self { system, messaging })
     }
 
     pub fn system(&self) -> &ActorSystem {
@@ -39,4 +52,47 @@ impl Actors {
     pub async fn shutdown(&self) {
         self.system.shutdown().await;
     }
+}
+
+/// The outbox relay, then the email dispatcher (stopped first, so the relay never hands over to a
+/// dispatcher that is going away without noticing).
+fn messaging_children(
+    settings: &Settings,
+    db: &PgPool,
+    messaging: &Messaging,
+    prefix: &str,
+) -> Vec<ChildSpec> {
+    let dispatcher = Slot::empty(EmailDispatcher::KIND);
+    let (relay_db, relay_messaging, relay_settings, relay_dispatcher) = (
+        db.clone(),
+        messaging.clone(),
+        settings.clone(),
+        dispatcher.clone(),
+    );
+    let (dispatch_db, dispatch_messaging) = (db.clone(), messaging.clone());
+    vec![
+        ChildSpec::new(
+            ActorSystem::child_name(prefix, "outbox_relay"),
+            Slot::empty(OutboxRelay::KIND),
+            move || {
+                let args = RelayArgs::new(
+                    relay_db.clone(),
+                    &relay_messaging,
+                    relay_dispatcher.clone(),
+                    &relay_settings,
+                );
+                (OutboxRelay, args)
+            },
+        ),
+        ChildSpec::new(
+            ActorSystem::child_name(prefix, "email_dispatcher"),
+            dispatcher,
+            move || {
+                (
+                    EmailDispatcher,
+                    (dispatch_db.clone(), dispatch_messaging.clone()),
+                )
+            },
+        ),
+    ]
 }
