@@ -7,6 +7,7 @@ mod helpers;
 mod catalog;
 mod cli;
 mod deploy_files;
+mod emails;
 mod identity;
 mod images;
 mod lifecycle;
