@@ -328,15 +328,22 @@ async fn watch_outbox(
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if db.is_closed() {
+            // The pool is closing (shutdown): holding its connection would keep close() waiting.
+            return;
+        }
         if listener.is_none() {
             listener = listen(&db).await;
         }
         match listener.as_mut() {
             Some(active) => tokio::select! {
                 received = active.recv() => {
-                    // PgListener reconnects by itself on the next recv after an error.
                     if let Err(error) = received {
-                        tracing::warn!(%error, "outbox listener lost its connection");
+                        // Dropped, so its connection goes back to the pool (which may be closing);
+                        // the next round listens afresh, meanwhile the poll carries on.
+                        tracing::warn!(%error, "outbox listener failed");
+                        listener = None;
+                        tick.tick().await;
                     }
                 }
                 _ = tick.tick() => {}
