@@ -151,6 +151,54 @@ stop_s3_server() {
   S3_SERVER_DIR=""
 }
 
+# An SMTP sink for the email tests, exported as SHOP_TEST_SMTP_URL (the SMTP server) and
+# SHOP_TEST_SMTP_API (JSON over HTTP: the messages it received, the refusals it answered). It is
+# scripts/smtp_sink.py on aiosmtpd from PyPI, installed once into a venv in $SHOP_TOOLS_DIR.
+# Recipients named refuse-* are answered 451, reject-* 550. A sink given in SHOP_TEST_SMTP_URL and
+# SHOP_TEST_SMTP_API is used as is.
+AIOSMTPD_VERSION=1.4.6
+SMTP_SINK_PID=""
+SMTP_SINK_LOG=""
+
+ensure_smtp_sink() {
+  if [ -n "${SHOP_TEST_SMTP_URL:-}" ] && [ -n "${SHOP_TEST_SMTP_API:-}" ]; then
+    say "using the SMTP sink at $SHOP_TEST_SMTP_URL (from SHOP_TEST_SMTP_URL)"
+    return 0
+  fi
+  local venv="$SHOP_TOOLS_DIR/smtp-sink-venv"
+  if ! "$venv/bin/python" -c "import sys, aiosmtpd; sys.exit(aiosmtpd.__version__ != '$AIOSMTPD_VERSION')" 2>/dev/null; then
+    say "installing aiosmtpd $AIOSMTPD_VERSION from PyPI into $venv (once)"
+    mkdir -p "$SHOP_TOOLS_DIR"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION" >&2
+  fi
+  local port api_port
+  port=$(free_port 2525)
+  api_port=$(free_port $((port + 1)))
+  SMTP_SINK_LOG=$(mktemp "${TMPDIR:-/tmp}/shop-smtp-sink.XXXXXX")
+  # Recorded first, so a failed start is cleaned up too.
+  STARTED_SERVICES+=(smtp-sink)
+  say "starting the SMTP sink on 127.0.0.1:$port (messages as JSON on 127.0.0.1:$api_port)"
+  "$venv/bin/python" scripts/smtp_sink.py --smtp-port "$port" --http-port "$api_port" \
+    >"$SMTP_SINK_LOG" 2>&1 &
+  SMTP_SINK_PID=$!
+  wait_for_server "$SMTP_SINK_PID" "$port" "SMTP sink" || { tail -n 20 "$SMTP_SINK_LOG" >&2; return 1; }
+  wait_for_server "$SMTP_SINK_PID" "$api_port" "SMTP sink (api)" || { tail -n 20 "$SMTP_SINK_LOG" >&2; return 1; }
+  export SHOP_TEST_SMTP_URL="smtp://127.0.0.1:$port"
+  export SHOP_TEST_SMTP_API="http://127.0.0.1:$api_port"
+}
+
+stop_smtp_sink() {
+  if [ -n "$SMTP_SINK_PID" ]; then
+    kill "$SMTP_SINK_PID" 2>/dev/null || true
+    wait "$SMTP_SINK_PID" 2>/dev/null || true
+  fi
+  SMTP_SINK_PID=""
+  [ -n "$SMTP_SINK_LOG" ] && rm -f "$SMTP_SINK_LOG"
+  SMTP_SINK_LOG=""
+}
+
 stop_started_services() {
   local service
   for service in "${STARTED_SERVICES[@]}"; do
@@ -160,6 +208,7 @@ stop_started_services() {
       redis) redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true ;;
       rabbitmq) rabbitmqctl stop >/dev/null 2>&1 || true ;;
       s3s-fs) stop_s3_server ;;
+      smtp-sink) stop_smtp_sink ;;
       *) ;;
     esac
   done

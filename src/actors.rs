@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use shop_actors::carts::{CartConfig, Carts};
 use shop_actors::inventory::{Inventory, InventoryConfig};
-use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, Slot};
+use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, ShopActor, Slot};
 use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::messaging::relay::RelayArgs;
+use crate::messaging::{EmailDispatcher, Messaging, OutboxRelay};
 
 pub struct Actors {
     system: ActorSystem,
@@ -16,6 +18,8 @@ pub struct Actors {
     pub inventory: Inventory,
     /// One actor per active customer's cart.
     pub carts: Carts,
+    /// The outbox relay's and email dispatcher's shared parts (readiness checks use them).
+    pub messaging: Messaging,
 }
 
 impl Actors {
@@ -59,13 +63,16 @@ impl Actors {
             stop_timeout: Duration::from_secs(10),
         };
         // The slots of docs/ARCHITECTURE.md, in start order.
+        let messaging = Messaging::from_settings(settings)?;
         let mut children = vec![inventory_spec, carts_spec];
+        children.extend(messaging_children(settings, db, &messaging, prefix));
         children.extend(extra);
         let system = ActorSystem::start(&config, children).await?;
         Ok(Self {
             system,
             inventory,
             carts,
+            messaging,
         })
     }
 
@@ -80,4 +87,47 @@ impl Actors {
     pub async fn shutdown(&self) {
         self.system.shutdown().await;
     }
+}
+
+/// The outbox relay, then the email dispatcher (stopped first, so the relay never hands over to a
+/// dispatcher that is going away without noticing).
+fn messaging_children(
+    settings: &Settings,
+    db: &PgPool,
+    messaging: &Messaging,
+    prefix: &str,
+) -> Vec<ChildSpec> {
+    let dispatcher = Slot::empty(EmailDispatcher::KIND);
+    let (relay_db, relay_messaging, relay_settings, relay_dispatcher) = (
+        db.clone(),
+        messaging.clone(),
+        settings.clone(),
+        dispatcher.clone(),
+    );
+    let (dispatch_db, dispatch_messaging) = (db.clone(), messaging.clone());
+    vec![
+        ChildSpec::new(
+            ActorSystem::child_name(prefix, "outbox_relay"),
+            Slot::empty(OutboxRelay::KIND),
+            move || {
+                let args = RelayArgs::new(
+                    relay_db.clone(),
+                    &relay_messaging,
+                    relay_dispatcher.clone(),
+                    &relay_settings,
+                );
+                (OutboxRelay, args)
+            },
+        ),
+        ChildSpec::new(
+            ActorSystem::child_name(prefix, "email_dispatcher"),
+            dispatcher,
+            move || {
+                (
+                    EmailDispatcher,
+                    (dispatch_db.clone(), dispatch_messaging.clone()),
+                )
+            },
+        ),
+    ]
 }

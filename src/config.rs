@@ -64,6 +64,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub jobs: JobsSettings,
     pub amqp: AmqpSettings,
+    pub outbox: OutboxSettings,
     pub storage: StorageSettings,
     #[serde(default)]
     pub s3: S3Settings,
@@ -160,6 +161,26 @@ pub struct JobsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
     pub url: SecretString,
+    /// The durable topic exchange outbox rows are published to, routed by their topic.
+    pub exchange: String,
+    /// The queue the email dispatcher consumes, bound to `order.*`.
+    pub email_queue: String,
+    /// Where rejected emails go (a fanout exchange and its queue).
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    /// Unacknowledged deliveries the dispatcher may hold at once.
+    pub prefetch: u16,
+    /// Deadline for connecting, declaring and each batch of publisher confirms.
+    pub timeout_secs: u64,
+}
+
+/// The outbox relay.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    /// The backstop poll; new rows normally wake the relay at once through LISTEN/NOTIFY.
+    pub poll_interval_ms: u64,
+    /// Rows claimed per transaction.
+    pub batch_size: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -221,11 +242,18 @@ pub struct EmailSettings {
     pub backend: EmailBackend,
     pub from: String,
     pub file_dir: PathBuf,
+    /// Sending attempts per email before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Backoff between attempts: doubles from `retry_base_ms` up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SmtpSettings {
     pub url: SecretString,
+    /// Per SMTP command.
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -361,6 +389,11 @@ impl Settings {
         {
             return Err(ConfigError::Invalid(
                 "argon2 parameters below the OWASP minimum (m = 19456 KiB, t = 2, p = 1)".into(),
+            ));
+        }
+        if self.outbox.batch_size < 1 || self.outbox.poll_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "outbox.batch_size and outbox.poll_interval_ms must be positive".into(),
             ));
         }
         let currency = &self.store.currency;

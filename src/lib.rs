@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod media;
+pub mod messaging;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -35,7 +35,7 @@ pub async fn live() -> axum::Json<Liveness> {
 }
 
 /// Every configured dependency answers: PostgreSQL, the actor tree, and each configured Redis,
-/// RabbitMQ and S3. 503 names what failed.
+/// RabbitMQ, SMTP server and S3. 503 names what failed.
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
@@ -81,6 +81,15 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             },
         );
     }
+    let messaging = &state.actors.messaging;
+    for (name, check) in [
+        ("rabbitmq", timed(messaging.check_broker()).await),
+        ("smtp", timed(messaging.check_smtp()).await),
+    ] {
+        if let Some(outcome) = check {
+            checks.insert(name, outcome);
+        }
+    }
     let all_ok = checks.values().all(|status| status == "ok");
     let (code, status) = if all_ok {
         (StatusCode::OK, "ready")
@@ -88,6 +97,18 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
     (code, axum::Json(Readiness { status, checks }))
+}
+
+/// Runs a readiness probe that may not apply (`None`) within [`CHECK_TIMEOUT`].
+async fn timed(
+    check: impl std::future::Future<Output = Option<Result<(), String>>>,
+) -> Option<String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(None) => None,
+        Ok(Some(Ok(()))) => Some("ok".to_string()),
+        Ok(Some(Err(_))) => Some("unreachable".to_string()),
+        Err(_) => Some("timed out".to_string()),
+    }
 }
 
 /// A short, driver-text-free description of a database failure.

@@ -358,3 +358,209 @@ pub async fn assert_problem(response: Response, status: u16) -> Value {
     assert!(body["type"].is_string(), "type in {body}");
     body
 }
+
+/// RabbitMQ for the messaging tests: `TEST_AMQP_ADDR` (host:port, default the local broker).
+pub fn amqp_server() -> String {
+    std::env::var("TEST_AMQP_ADDR").unwrap_or_else(|_| "127.0.0.1:5672".into())
+}
+
+pub fn amqp_url_via(address: &str) -> String {
+    format!("amqp://guest:guest@{address}/%2f")
+}
+
+/// Points the app at RabbitMQ and the SMTP sink, with exchange and queue names of this test's own
+/// (so parallel tests never consume each other's messages) and quick retries.
+pub fn use_rabbitmq_and_smtp(settings: &mut Settings, amqp_address: &str, sink: &MailSink) {
+    use shop::config::{EmailBackend, JobsBackend};
+    let prefix = settings.actors.name_prefix.trim_end_matches('-').to_owned();
+    settings.jobs.backend = JobsBackend::Rabbitmq;
+    settings.amqp.url = amqp_url_via(amqp_address).into();
+    settings.amqp.exchange = format!("{prefix}.events");
+    settings.amqp.email_queue = format!("{prefix}.emails");
+    settings.amqp.dead_letter_exchange = format!("{prefix}.dead-letter");
+    settings.amqp.dead_letter_queue = format!("{prefix}.emails.dead-letter");
+    settings.amqp.timeout_secs = 3;
+    settings.email.backend = EmailBackend::Smtp;
+    settings.smtp.url = sink.smtp_url.clone().into();
+    settings.smtp.timeout_secs = 5;
+    quick_retries(settings);
+}
+
+/// Retries and polls measured in milliseconds, so failure paths finish quickly.
+pub fn quick_retries(settings: &mut Settings) {
+    settings.email.max_attempts = 3;
+    settings.email.retry_base_ms = 50;
+    settings.email.retry_max_ms = 400;
+    settings.outbox.poll_interval_ms = 200;
+}
+
+/// The SMTP sink `scripts/test` starts (`scripts/smtp_sink.py`): SMTP at `SHOP_TEST_SMTP_URL`,
+/// what it received as JSON at `SHOP_TEST_SMTP_API`.
+#[derive(Clone)]
+pub struct MailSink {
+    pub smtp_url: String,
+    api: String,
+    client: reqwest::Client,
+}
+
+impl MailSink {
+    pub fn from_env() -> Self {
+        let required = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!(
+                    "{name} is not set: the email tests need an SMTP sink; run them with \
+                     scripts/test, which starts one and sets SHOP_TEST_SMTP_URL and SHOP_TEST_SMTP_API"
+                )
+            })
+        };
+        Self {
+            smtp_url: required("SHOP_TEST_SMTP_URL"),
+            api: required("SHOP_TEST_SMTP_API"),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Every message the sink accepted for `address`.
+    pub async fn messages_to(&self, address: &str) -> Vec<Value> {
+        self.client
+            // Test addresses are [a-z0-9-]@example.com: nothing to escape.
+            .get(format!("{}/messages?to={address}", self.api))
+            .send()
+            .await
+            .expect("the SMTP sink answers")
+            .json()
+            .await
+            .expect("messages as JSON")
+    }
+
+    /// How often the sink refused `RCPT TO:address`.
+    pub async fn refusals(&self, address: &str) -> u64 {
+        let answer: Value = self
+            .client
+            .get(format!("{}/refusals?to={address}", self.api))
+            .send()
+            .await
+            .expect("the SMTP sink answers")
+            .json()
+            .await
+            .expect("refusals as JSON");
+        answer["count"].as_u64().expect("count")
+    }
+
+    /// Waits for exactly `count` messages to `address` and returns them.
+    pub async fn wait_for(&self, address: &str, count: usize) -> Vec<Value> {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{count} email(s) to {address}"),
+            || async {
+                let messages = self.messages_to(address).await;
+                assert!(
+                    messages.len() <= count,
+                    "more than {count} email(s) to {address}: {messages:#?}"
+                );
+                (messages.len() == count).then_some(messages)
+            },
+        )
+        .await
+    }
+}
+
+/// A TCP relay in front of RabbitMQ that a test can cut and restore, standing in for a broker
+/// outage without touching the shared broker. While cut, it closes every open connection and
+/// refuses new ones (accepts and drops them), counting the attempts.
+pub struct TcpRelay {
+    pub address: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpRelay {
+    pub async fn start(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("relay binds");
+        let address = listener.local_addr().expect("relay address").to_string();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, count, open) = (up.clone(), refused.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let forward = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                open.lock().unwrap().push(forward.abort_handle());
+            }
+        });
+        Self {
+            address,
+            up,
+            refused,
+            connections,
+            accept,
+        }
+    }
+
+    /// The broker becomes unreachable: open connections die, new ones are refused.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections refused while cut.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+impl TestApp {
+    /// Writes an outbox row in a transaction of its own, as the order saga will.
+    pub async fn enqueue(&self, topic: &str, payload: &impl serde::Serialize) -> Uuid {
+        let mut tx = self.db.begin().await.expect("begin");
+        let id = shop::messaging::enqueue(&mut tx, topic, payload)
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+        id
+    }
+
+    /// Waits until every outbox row is published.
+    pub async fn wait_for_outbox_drained(&self) {
+        eventually(
+            Duration::from_secs(20),
+            "every outbox row to be published",
+            || async {
+                shop::messaging::relay::unpublished(&self.db)
+                    .await
+                    .unwrap()
+                    .is_empty()
+                    .then_some(())
+            },
+        )
+        .await
+    }
+}

@@ -8,6 +8,7 @@ mod carts;
 mod catalog;
 mod cli;
 mod deploy_files;
+mod emails;
 mod identity;
 mod images;
 mod inventory;

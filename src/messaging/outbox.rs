@@ -1,0 +1,189 @@
+//! The outbox table: [`enqueue`] for producers (inside their own transaction), and the relay's
+//! claim/mark queries. The order-email payload, [`OrderEmail`], is defined here too, since it is
+//! the contract between the order saga and the email dispatcher.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// The channel the outbox trigger notifies on every insert.
+pub const NOTIFY_CHANNEL: &str = "outbox";
+
+/// Writes one message to the outbox inside the caller's transaction and returns its id (the
+/// message id consumers de-duplicate by). It is published only if the transaction commits; the
+/// relay is woken by the commit.
+///
+/// ```ignore
+/// let mut tx = pool.begin().await?;
+/// // ... mark the order paid ...
+/// outbox::enqueue(&mut tx, OrderEmail::PAID_TOPIC, &email).await?;
+/// tx.commit().await?;
+/// ```
+pub async fn enqueue(
+    tx: &mut PgConnection,
+    topic: &str,
+    payload: &impl Serialize,
+) -> Result<Uuid, sqlx::Error> {
+    let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let id = Uuid::now_v7();
+    sqlx::query(r#"INSERT INTO outbox (id, topic, payload) VALUES ($1, $2, $3)"#)
+        .bind(id)
+        .bind(topic)
+        .bind(payload)
+        .execute(tx)
+        .await?;
+    Ok(id)
+}
+
+/// Which order event an email tells the customer about. The routing key is `order.{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderEmailKind {
+    Paid,
+    Cancelled,
+    Refunded,
+}
+
+impl OrderEmailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paid => "paid",
+            Self::Cancelled => "cancelled",
+            Self::Refunded => "refunded",
+        }
+    }
+
+    /// The outbox topic (AMQP routing key) of this kind of email.
+    pub fn topic(self) -> &'static str {
+        match self {
+            Self::Paid => "order.paid",
+            Self::Cancelled => "order.cancelled",
+            Self::Refunded => "order.refunded",
+        }
+    }
+}
+
+/// Everything an order email shows, frozen at the moment of the event. Money is in minor units of
+/// `currency` (lower-case ISO 4217, e.g. `usd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEmail {
+    pub order_id: Uuid,
+    /// What the customer sees, e.g. `SO-2024-000123`.
+    pub order_number: String,
+    pub kind: OrderEmailKind,
+    pub customer_email: String,
+    pub customer_name: String,
+    pub lines: Vec<OrderEmailLine>,
+    pub subtotal: i64,
+    pub discount_total: i64,
+    pub total: i64,
+    pub currency: String,
+    pub shipping_address: ShippingAddress,
+}
+
+impl OrderEmail {
+    /// The outbox topic to enqueue this email under.
+    pub fn topic(&self) -> &'static str {
+        self.kind.topic()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEmailLine {
+    pub name: String,
+    pub sku: String,
+    /// Chosen options, e.g. `Size: M, Colour: blue`; empty for a simple product.
+    #[serde(default)]
+    pub options: String,
+    pub quantity: i32,
+    pub unit_price: i64,
+    pub line_total: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShippingAddress {
+    pub name: String,
+    pub line1: String,
+    #[serde(default)]
+    pub line2: Option<String>,
+    pub city: String,
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2, e.g. `US`.
+    pub country: String,
+}
+
+/// One outbox row on its way out.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxMessage {
+    pub id: Uuid,
+    pub topic: String,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub attempts: i32,
+}
+
+/// Locks up to `limit` due, unpublished rows for this transaction. `SKIP LOCKED` lets another
+/// relay (another process) take the rows this one holds, so two relays never publish the same
+/// row concurrently.
+pub async fn claim_due(
+    tx: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<OutboxMessage>, sqlx::Error> {
+    sqlx::query_as(
+        r#"
+        SELECT id, topic, payload, created_at, attempts
+        FROM outbox
+        WHERE published_at IS NULL AND available_at <= now()
+        ORDER BY available_at, created_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+        "#,
+    )
+    .bind(limit)
+    .fetch_all(tx)
+    .await
+}
+
+/// Marks rows published (after the broker confirmed them, or the in-process consumer took them).
+pub async fn mark_published(
+    executor: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    note: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        UPDATE outbox
+        SET published_at = now(), last_error = COALESCE($2, last_error)
+        WHERE id = ANY($1)
+        "#,
+    )
+    .bind(ids)
+    .bind(note)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt and postpones the rows by `retry_in`.
+pub async fn mark_failed(
+    executor: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    error: &str,
+    retry_in: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        UPDATE outbox
+        SET attempts = attempts + 1, last_error = $2,
+            available_at = now() + make_interval(secs => $3)
+        WHERE id = ANY($1) AND published_at IS NULL
+        "#,
+    )
+    .bind(ids)
+    .bind(error)
+    .bind(retry_in.as_secs_f64())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
