@@ -4,17 +4,31 @@
 use std::time::Duration;
 
 use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy};
+use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::payments::{PaymentProvider, PaymentRouter};
 
 pub struct Actors {
     system: ActorSystem,
+    /// Verified payment events → subscribers (the order supervisor).
+    pub payment_router: PaymentRouter,
+    /// The configured payment provider (its simulated events go through `payment_router`).
+    pub payments: PaymentProvider,
 }
 
 impl Actors {
     /// Starts the supervision tree with the children the settings call for, plus `extra` (tests
     /// add probe children to exercise supervision).
-    pub async fn start(settings: &Settings, extra: Vec<ChildSpec>) -> anyhow::Result<Self> {
+    pub async fn start(
+        settings: &Settings,
+        db: &PgPool,
+        extra: Vec<ChildSpec>,
+    ) -> anyhow::Result<Self> {
+        let prefix = &settings.actors.name_prefix;
+        let payment_router = PaymentRouter::new();
+        let payments =
+            PaymentProvider::from_settings(settings, db.clone(), payment_router.clone())?;
         let config = ActorSystemConfig {
             name_prefix: settings.actors.name_prefix.clone(),
             restart: RestartPolicy {
@@ -23,9 +37,17 @@ impl Actors {
             },
             stop_timeout: Duration::from_secs(10),
         };
-        let children = extra;
+        let mut children = vec![payment_router.child_spec(
+            ActorSystem::child_name(prefix, PaymentRouter::SLOT),
+            db.clone(),
+        )];
+        children.extend(extra);
         let system = ActorSystem::start(&config, children).await?;
-        Ok(Self { system })
+        Ok(Self {
+            system,
+            payment_router,
+            payments,
+        })
     }
 
     pub fn system(&self) -> &ActorSystem {

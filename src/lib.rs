@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod media;
+pub mod payments;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

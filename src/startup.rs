@@ -37,7 +37,7 @@ impl Application {
         let db = db::prepare(&settings.database).await?;
         let identity = Identity::new(&settings).await?;
         bootstrap_admin(&settings, &db, &identity).await?;
-        let actors = Actors::start(&settings, extra_children).await?;
+        let actors = Actors::start(&settings, &db, extra_children).await?;
         let cache = Cache::from_settings(&settings)?;
         let media = MediaStore::from_settings(&settings).await?;
         let address = format!("{}:{}", settings.server.host, settings.server.port);
