@@ -11,6 +11,7 @@ pub mod images;
 pub mod metrics;
 pub mod middleware;
 pub mod pagination;
+mod payments;
 mod rate_limit;
 mod testing;
 
@@ -64,6 +65,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "operations", description = "Health, metrics and documentation"),
         (name = "identity", description = "Accounts and tokens"),
         (name = "catalog", description = "Categories and products"),
+        (name = "payments", description = "Payment provider webhooks"),
         (name = "admin", description = "Administration (admin role only)"),
     )
 )]
@@ -96,7 +98,8 @@ fn api_router() -> OpenApiRouter<AppState> {
             "/api/v1",
             identity::router()
                 .merge(catalog::router())
-                .merge(images::router()),
+                .merge(images::router())
+                .merge(payments::router()),
         )
         .nest(
             "/api/v1/admin",
