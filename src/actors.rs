@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use crate::config::Settings;
 use crate::messaging::relay::RelayArgs;
 use crate::messaging::{EmailDispatcher, Messaging, OutboxRelay};
+use crate::payments::{PaymentProvider, PaymentRouter};
 
 pub struct Actors {
     system: ActorSystem,
@@ -20,6 +21,10 @@ pub struct Actors {
     pub carts: Carts,
     /// The outbox relay's and email dispatcher's shared parts (readiness checks use them).
     pub messaging: Messaging,
+    /// Verified payment events → subscribers (the order supervisor).
+    pub payment_router: PaymentRouter,
+    /// The configured payment provider (its simulated events go through `payment_router`).
+    pub payments: PaymentProvider,
 }
 
 impl Actors {
@@ -57,6 +62,9 @@ impl Actors {
                 call_timeout,
             },
         );
+        let payment_router = PaymentRouter::new();
+        let payments =
+            PaymentProvider::from_settings(settings, db.clone(), payment_router.clone())?;
         let config = ActorSystemConfig {
             name_prefix: settings.actors.name_prefix.clone(),
             restart,
@@ -64,7 +72,14 @@ impl Actors {
         };
         // The slots of docs/ARCHITECTURE.md, in start order.
         let messaging = Messaging::from_settings(settings)?;
-        let mut children = vec![inventory_spec, carts_spec];
+        let mut children = vec![
+            inventory_spec,
+            carts_spec,
+            payment_router.child_spec(
+                ActorSystem::child_name(prefix, PaymentRouter::SLOT),
+                db.clone(),
+            ),
+        ];
         children.extend(messaging_children(settings, db, &messaging, prefix));
         children.extend(extra);
         let system = ActorSystem::start(&config, children).await?;
@@ -73,6 +88,8 @@ impl Actors {
             inventory,
             carts,
             messaging,
+            payment_router,
+            payments,
         })
     }
 

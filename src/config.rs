@@ -216,6 +216,14 @@ pub enum PaymentProvider {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PaymentsSettings {
     pub provider: PaymentProvider,
+    /// How long one call to the provider may take before it counts as failed (and is retried
+    /// with the same idempotency key).
+    #[serde(default = "default_payment_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_payment_timeout_secs() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -396,6 +404,14 @@ impl Settings {
                 "outbox.batch_size and outbox.poll_interval_ms must be positive".into(),
             ));
         }
+        if self.payments.provider == PaymentProvider::Stripe
+            && (self.stripe.secret_key.is_none() || self.stripe.webhook_secret.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "payments.provider = stripe needs stripe.secret_key and stripe.webhook_secret"
+                    .into(),
+            ));
+        }
         let currency = &self.store.currency;
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_lowercase()) {
             return Err(ConfigError::Invalid(
@@ -447,6 +463,17 @@ mod tests {
         let printed = format!("{s:?}");
         assert!(!printed.contains(DEV_JWT_SECRET));
         assert!(!printed.contains("postgres://"));
+    }
+
+    #[test]
+    fn the_stripe_provider_needs_its_secret_key_and_webhook_secret() {
+        let mut s = settings();
+        s.payments.provider = PaymentProvider::Stripe;
+        assert!(s.validate().is_err());
+        s.stripe.secret_key = Some(SecretString::from("sk_test_x"));
+        assert!(s.validate().is_err(), "no webhook secret accepted");
+        s.stripe.webhook_secret = Some(SecretString::from("whsec_x"));
+        assert!(s.validate().is_ok());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod images;
 pub mod metrics;
 pub mod middleware;
 pub mod pagination;
+mod payments;
 mod rate_limit;
 mod testing;
 
@@ -66,6 +67,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "identity", description = "Accounts and tokens"),
         (name = "catalog", description = "Categories and products"),
         (name = "cart", description = "The customer's persistent cart"),
+        (name = "payments", description = "Payment provider webhooks"),
         (name = "admin", description = "Administration (admin role only)"),
     )
 )]
@@ -99,7 +101,8 @@ fn api_router() -> OpenApiRouter<AppState> {
             identity::router()
                 .merge(catalog::router())
                 .merge(images::router())
-                .merge(cart::router()),
+                .merge(cart::router())
+                .merge(payments::router()),
         )
         .nest(
             "/api/v1/admin",
