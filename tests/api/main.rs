@@ -12,5 +12,6 @@ mod images;
 mod lifecycle;
 mod media;
 mod openapi;
+mod payments;
 mod platform;
 mod supervision;
