@@ -15,5 +15,6 @@ mod inventory;
 mod lifecycle;
 mod media;
 mod openapi;
+mod payments;
 mod platform;
 mod supervision;
