@@ -11,7 +11,9 @@ use sqlx::PgPool;
 use crate::config::Settings;
 use crate::messaging::relay::RelayArgs;
 use crate::messaging::{EmailDispatcher, Messaging, OutboxRelay};
-use crate::payments::{PaymentProvider, PaymentRouter};
+use crate::orders::saga::SagaDeps;
+use crate::orders::supervisor::{OrderSupervisorMsg, Orders};
+use crate::payments::{MailboxSink, PaymentProvider, PaymentRouter};
 
 pub struct Actors {
     system: ActorSystem,
@@ -21,6 +23,8 @@ pub struct Actors {
     pub carts: Carts,
     /// The outbox relay's and email dispatcher's shared parts (readiness checks use them).
     pub messaging: Messaging,
+    /// One saga per order in flight.
+    pub orders: Orders,
     /// Verified payment events → subscribers (the order supervisor).
     pub payment_router: PaymentRouter,
     /// The configured payment provider (its simulated events go through `payment_router`).
@@ -65,6 +69,20 @@ impl Actors {
         let payment_router = PaymentRouter::new();
         let payments =
             PaymentProvider::from_settings(settings, db.clone(), payment_router.clone())?;
+        let (orders, orders_spec) = Orders::new(
+            prefix,
+            SagaDeps {
+                db: db.clone(),
+                inventory: inventory.clone(),
+                payments: payments.clone(),
+            },
+            call_timeout,
+        );
+        // Payment events reach the sagas through the order supervisor.
+        payment_router.subscribe(std::sync::Arc::new(MailboxSink::new(
+            orders.slot(),
+            OrderSupervisorMsg::Payment,
+        )));
         let config = ActorSystemConfig {
             name_prefix: settings.actors.name_prefix.clone(),
             restart,
@@ -75,6 +93,7 @@ impl Actors {
         let mut children = vec![
             inventory_spec,
             carts_spec,
+            orders_spec,
             payment_router.child_spec(
                 ActorSystem::child_name(prefix, PaymentRouter::SLOT),
                 db.clone(),
@@ -88,6 +107,7 @@ impl Actors {
             inventory,
             carts,
             messaging,
+            orders,
             payment_router,
             payments,
         })

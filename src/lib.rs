@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod media;
 pub mod messaging;
+pub mod orders;
 pub mod payments;
 pub mod startup;
 pub mod state;

@@ -11,6 +11,7 @@ mod identity;
 pub mod images;
 pub mod metrics;
 pub mod middleware;
+mod orders;
 pub mod pagination;
 mod payments;
 mod rate_limit;
@@ -67,6 +68,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "identity", description = "Accounts and tokens"),
         (name = "catalog", description = "Categories and products"),
         (name = "cart", description = "The customer's persistent cart"),
+        (name = "orders", description = "Checkout, orders and their payment"),
         (name = "payments", description = "Payment provider webhooks"),
         (name = "admin", description = "Administration (admin role only)"),
     )
@@ -102,11 +104,14 @@ fn api_router() -> OpenApiRouter<AppState> {
                 .merge(catalog::router())
                 .merge(images::router())
                 .merge(cart::router())
+                .merge(orders::router())
                 .merge(payments::router()),
         )
         .nest(
             "/api/v1/admin",
-            identity::admin_router().route_layer(axum::middleware::from_fn(auth::require_admin)),
+            identity::admin_router()
+                .merge(orders::admin_router())
+                .route_layer(axum::middleware::from_fn(auth::require_admin)),
         )
 }
 

@@ -433,3 +433,73 @@ async fn the_default_backends_write_one_eml_file_per_email() {
     assert!(paid_eml.contains(&paid.order_number));
     assert_eq!(deliveries(&app, paid.order_id).await, 2, "paid + cancelled");
 }
+
+#[tokio::test]
+async fn paying_an_order_sends_one_confirmation_and_cancelling_one_notice() {
+    let sink = MailSink::from_env();
+    let app = spawn_with_broker(&sink, &amqp_server()).await;
+    let admin = app.login_as_admin().await;
+    let product = app
+        .created(&admin.access_token, "/api/v1/products",
+            &json!({"name": "Teapot", "sku": "TEAPOT", "price": 2450, "stock": 5, "status": "active"}))
+        .await;
+    let variant = product["variants"][0]["id"].as_str().unwrap();
+    let customer = app.login_as_customer().await;
+    let address = json!({"shipping_address": {"name": "Casey", "line1": "1 Tea Lane", "city": "Leeds",
+        "postal_code": "LS1 1AA", "country": "GB"}});
+    let mut orders = Vec::new();
+    for _ in 0..2 {
+        app.post_json_as(
+            &customer.access_token,
+            "/api/v1/cart/items",
+            &json!({"variant_id": variant, "quantity": 2}),
+        )
+        .await;
+        let order: serde_json::Value = app
+            .post_json_as(&customer.access_token, "/api/v1/orders", &address)
+            .await
+            .json()
+            .await
+            .unwrap();
+        orders.push(order);
+    }
+    let (paid, cancelled) = (&orders[0], &orders[1]);
+    let paid_id = paid["id"].as_str().unwrap();
+    app.post_json_as(
+        &customer.access_token,
+        &format!("/api/v1/orders/{paid_id}/pay"),
+        &json!({"payment_method": "pm_card_visa"}),
+    )
+    .await;
+    let cancelled_id = cancelled["id"].as_str().unwrap();
+    let response = app
+        .post_json_as(
+            &customer.access_token,
+            &format!("/api/v1/orders/{cancelled_id}/cancel"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+
+    let received = sink.wait_for(&customer.email, 2).await;
+    let about = |order: &serde_json::Value| {
+        let number = order["number"].as_str().unwrap().to_owned();
+        received
+            .iter()
+            .filter(|m| m["subject"].as_str().unwrap().contains(&number))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let confirmation = about(paid);
+    assert_eq!(confirmation.len(), 1, "exactly one confirmation");
+    let text = confirmation[0]["text"].as_str().unwrap();
+    assert!(text.contains("$49.00"), "the total is in the email: {text}");
+    assert!(text.contains("Teapot"));
+    assert_eq!(confirmation[0]["to"], json!([customer.email]));
+    assert_eq!(about(cancelled).len(), 1, "one cancellation notice");
+    // Nothing more arrives for these orders (each email once).
+    let paid_uuid: Uuid = paid_id.parse().unwrap();
+    assert_eq!(deliveries(&app, paid_uuid).await, 1);
+    assert_eq!(sink.messages_to(&customer.email).await.len(), 2);
+    delete_topology(&app.state.settings).await;
+}

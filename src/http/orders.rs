@@ -1,0 +1,426 @@
+//! Routes of the Orders and payments table of the API: checkout, the customer's orders, paying,
+//! cancelling, and the admin's view and status workflow.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::error::{AppError, Problem};
+use crate::http::auth::AuthUser;
+use crate::http::extract::{Json, Path, Query};
+use crate::http::pagination::{PageParams, Paged};
+use crate::messaging::OrderEmailKind;
+use crate::orders::saga::{Checkout, CheckoutError, SagaError};
+use crate::orders::store::{self, NewLine, NewOrder};
+use crate::orders::{Order, OrderStatus, ShippingAddress};
+use crate::payments::IdempotencyKey;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(checkout, list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(cancel_order))
+        .routes(routes!(pay_order))
+}
+
+pub fn admin_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(admin_list_orders))
+        .routes(routes!(admin_set_status))
+        .routes(routes!(admin_transactions))
+}
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    shipping_address: ShippingAddress,
+}
+
+fn stock_conflict(short: Vec<shop_actors::inventory::Shortage>) -> AppError {
+    AppError::Conflict {
+        kind: "insufficient-stock",
+        detail: "Some items are not available in the quantity asked.".into(),
+        errors: serde_json::to_value(short).ok(),
+    }
+}
+
+async fn load(state: &AppState, order: Uuid) -> Result<Order, AppError> {
+    store::find(&state.db, order)
+        .await?
+        .ok_or(AppError::NotFound)
+}
+
+/// The order if the caller may see it: its owner or an admin. Anyone else gets 404.
+async fn visible(state: &AppState, user: &AuthUser, order: Uuid) -> Result<Order, AppError> {
+    let order = load(state, order).await?;
+    if order.user_id != user.id && !user.is_admin() {
+        return Err(AppError::NotFound);
+    }
+    Ok(order)
+}
+
+/// Check out the current cart: stock is held until `expires_at`, the payment intent is created,
+/// and the cart is emptied. With an `Idempotency-Key` header, a repeat returns the same order.
+#[utoipa::path(post, path = "/orders", tag = "orders", request_body = CheckoutRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the checkout safe to retry")),
+    security(("bearer" = [])),
+    responses((status = 201, body = Order),
+              (status = 409, description = "Stock is short: `errors` lists `{variant_id, requested, available}`", body = Problem),
+              (status = 422, description = "Empty cart, invalid address, or an idempotency key reused with another body", body = Problem),
+              (status = 503, body = Problem)))]
+async fn checkout(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<CheckoutRequest>,
+) -> Result<(StatusCode, axum::Json<Order>), AppError> {
+    let address = ShippingAddress::parse(body.shipping_address)?;
+    let key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let key = value.to_str().unwrap_or_default().trim().to_owned();
+            if key.is_empty() || key.len() > 255 {
+                return Err(AppError::invalid(
+                    "Idempotency-Key",
+                    "must be 1 to 255 visible characters",
+                ));
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let hash = Sha256::digest(serde_json::to_vec(&address).unwrap_or_default()).to_vec();
+    if let Some(key) = &key
+        && let Some((order, previous)) = store::checkout_request(&state.db, user.id, key).await?
+    {
+        if previous != hash {
+            return Err(AppError::invalid(
+                "Idempotency-Key",
+                "was used with a different request",
+            ));
+        }
+        return Ok((StatusCode::CREATED, axum::Json(load(&state, order).await?)));
+    }
+
+    let snapshot = state
+        .actors
+        .carts
+        .get(user.id)
+        .await
+        .map_err(|e| crate::carts::cart_error(e, None))?;
+    let cart = crate::carts::view(&state.db, snapshot, &state.settings.store.currency).await?;
+    if cart.items.is_empty() {
+        return Err(AppError::invalid("cart", "is empty"));
+    }
+    if let Some(gone) = cart.items.iter().find(|item| !item.available) {
+        return Err(AppError::Conflict {
+            kind: "item-unavailable",
+            detail: format!("{} is no longer sold; remove it from the cart.", gone.name),
+            errors: Some(
+                serde_json::json!([{"variant_id": gone.variant_id, "requested": gone.quantity, "available": 0}]),
+            ),
+        });
+    }
+    let ttl = std::time::Duration::from_secs(state.settings.checkout.reservation_ttl_secs);
+    let order = NewOrder {
+        id: Uuid::now_v7(),
+        user_id: user.id,
+        lines: cart
+            .items
+            .iter()
+            .map(|item| NewLine {
+                variant_id: item.variant_id,
+                product_id: item.product_id,
+                sku: item.sku.clone(),
+                name: item.name.clone(),
+                options: item.options.clone(),
+                unit_price: item.unit_price,
+                quantity: item.quantity,
+            })
+            .collect(),
+        subtotal: cart.subtotal,
+        discount_total: cart.discount_total,
+        currency: cart.currency.clone(),
+        shipping_address: address,
+        expires_at: chrono::Utc::now()
+            + chrono::Duration::from_std(ttl).map_err(|e| AppError::Internal(e.into()))?,
+        payment_provider: state.actors.payments.name().to_owned(),
+    };
+    let checkout = Checkout {
+        order,
+        idempotency: key.map(|key| (key, hash)),
+        ttl,
+    };
+    let order = match state.actors.orders.checkout(checkout).await {
+        Ok(order) => order,
+        Err(CheckoutError::KeyReused(existing)) => existing,
+        Err(CheckoutError::Short(short)) => return Err(stock_conflict(short)),
+        Err(CheckoutError::Unavailable(why)) => return Err(AppError::Unavailable(why)),
+    };
+    // The order exists: now the cart can go.
+    if let Err(error) = state.actors.carts.clear(user.id).await {
+        tracing::warn!(%error, "the cart could not be emptied after checkout");
+    }
+    Ok((StatusCode::CREATED, axum::Json(load(&state, order).await?)))
+}
+
+/// The caller's orders, newest first.
+#[utoipa::path(get, path = "/orders", tag = "orders", params(PageParams), security(("bearer" = [])),
+    responses((status = 200, body = Paged<Order>), (status = 401, body = Problem)))]
+async fn list_orders(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(page): Query<PageParams>,
+) -> Result<axum::Json<Paged<Order>>, AppError> {
+    let (orders, total) =
+        store::list(&state.db, Some(user.id), None, page.limit(), page.offset()).await?;
+    Ok(axum::Json(page.wrap(orders, total)))
+}
+
+/// One order with its status history (its owner or an admin; 404 for anyone else).
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 404, body = Problem)))]
+async fn get_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Order>, AppError> {
+    Ok(axum::Json(visible(&state, &user, id).await?))
+}
+
+fn saga_error(error: SagaError) -> AppError {
+    match error {
+        SagaError::NotPending(status) => AppError::conflict(
+            "illegal-transition",
+            format!(
+                "The order is {}; only a pending order can be paid or cancelled.",
+                status.as_str()
+            ),
+        ),
+        SagaError::Unavailable(why) => AppError::Unavailable(why),
+    }
+}
+
+/// Cancel a pending order (its owner) or any pending order (an admin): the stock returns at once.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn cancel_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Order>, AppError> {
+    let order = visible(&state, &user, id).await?;
+    let actor = if order.user_id == user.id {
+        "customer"
+    } else {
+        "admin"
+    };
+    state
+        .actors
+        .orders
+        .cancel(id, actor, format!("cancelled by the {actor}"))
+        .await
+        .map_err(saga_error)?;
+    Ok(axum::Json(load(&state, id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayRequest {
+    /// A Stripe test payment method: `pm_card_visa` succeeds, `pm_card_chargeDeclined` declines.
+    #[schema(example = "pm_card_visa")]
+    payment_method: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PaymentState {
+    /// The intent's status after confirming (`succeeded`, `processing`, ...) or `failed`.
+    status: String,
+    error: Option<String>,
+}
+
+/// Confirm the order's payment with a payment method (test mode). The outcome reaches the order
+/// through the payment event, as a webhook would.
+#[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", params(("id" = Uuid, Path)),
+    request_body = PayRequest, security(("bearer" = [])),
+    responses((status = 200, body = PaymentState), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn pay_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+    Json(body): Json<PayRequest>,
+) -> Result<axum::Json<PaymentState>, AppError> {
+    let order = visible(&state, &user, id).await?;
+    if order.user_id != user.id {
+        return Err(AppError::NotFound);
+    }
+    let method = body.payment_method.trim();
+    if method.is_empty() || method.len() > 100 {
+        return Err(AppError::invalid(
+            "payment_method",
+            "must be 1 to 100 characters",
+        ));
+    }
+    let attempt = state
+        .actors
+        .orders
+        .pay(id, method.to_owned())
+        .await
+        .map_err(saga_error)?;
+    Ok(axum::Json(PaymentState {
+        status: attempt.status,
+        error: attempt.error,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AdminOrderQuery {
+    status: Option<OrderStatus>,
+    page: Option<u32>,
+    per_page: Option<u32>,
+}
+
+/// Every order, newest first, optionally by status.
+#[utoipa::path(get, path = "/orders", tag = "admin", params(AdminOrderQuery), security(("bearer" = [])),
+    responses((status = 200, body = Paged<Order>), (status = 403, body = Problem)))]
+async fn admin_list_orders(
+    State(state): State<AppState>,
+    Query(query): Query<AdminOrderQuery>,
+) -> Result<axum::Json<Paged<Order>>, AppError> {
+    let page = PageParams {
+        page: query.page,
+        per_page: query.per_page,
+    };
+    let (orders, total) =
+        store::list(&state.db, None, query.status, page.limit(), page.offset()).await?;
+    Ok(axum::Json(page.wrap(orders, total)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    status: OrderStatus,
+    reason: Option<String>,
+}
+
+/// Move an order along its workflow: `paid → shipped → delivered`, `pending → cancelled`,
+/// `paid | delivered → refunded` (through a refund at the payment provider). Anything else is 409.
+#[utoipa::path(post, path = "/orders/{id}/status", tag = "admin", params(("id" = Uuid, Path)),
+    request_body = StatusRequest, security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem)))]
+async fn admin_set_status(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<StatusRequest>,
+) -> Result<axum::Json<Order>, AppError> {
+    let order = load(&state, id).await?;
+    let illegal = || {
+        AppError::conflict(
+            "illegal-transition",
+            format!(
+                "An order cannot go from {} to {}.",
+                order.status.as_str(),
+                body.status.as_str()
+            ),
+        )
+    };
+    if !order.status.can_become(body.status) {
+        return Err(illegal());
+    }
+    let reason = body
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    match body.status {
+        // Only a payment marks an order paid.
+        OrderStatus::Paid | OrderStatus::Pending => return Err(illegal()),
+        OrderStatus::Cancelled => {
+            let reason = reason.unwrap_or("cancelled by an admin").to_owned();
+            state
+                .actors
+                .orders
+                .cancel(id, "admin", reason)
+                .await
+                .map_err(saga_error)?;
+        }
+        OrderStatus::Refunded => {
+            let intent = order.payment.payment_intent_id.clone().ok_or_else(|| {
+                AppError::conflict("not-paid", "The order has no payment to refund.")
+            })?;
+            state
+                .actors
+                .payments
+                .refund(&intent, None, &IdempotencyKey::refund(id, 1))
+                .await
+                .map_err(|e| AppError::Unavailable(e.to_string()))?;
+            move_status(
+                &state,
+                id,
+                order.status,
+                OrderStatus::Refunded,
+                reason.or(Some("refunded by an admin")),
+                Some(OrderEmailKind::Refunded),
+            )
+            .await?;
+        }
+        OrderStatus::Shipped | OrderStatus::Delivered => {
+            move_status(&state, id, order.status, body.status, reason, None).await?;
+        }
+    }
+    Ok(axum::Json(load(&state, id).await?))
+}
+
+async fn move_status(
+    state: &AppState,
+    id: Uuid,
+    from: OrderStatus,
+    to: OrderStatus,
+    reason: Option<&str>,
+    email: Option<OrderEmailKind>,
+) -> Result<(), AppError> {
+    let mut tx = state.db.begin().await?;
+    if !store::transition(&mut tx, id, from, to, "admin", reason).await? {
+        return Err(AppError::conflict(
+            "illegal-transition",
+            "The order changed meanwhile; reload it.",
+        ));
+    }
+    if let Some(kind) = email {
+        crate::orders::notify::order_changed(&mut tx, id, kind).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderTransactions {
+    #[schema(value_type = Vec<Object>)]
+    transactions: Vec<crate::payments::transactions::Transaction>,
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<crate::payments::events::StoredEvent>,
+}
+
+/// Every payment transaction and Stripe event stored for an order.
+#[utoipa::path(get, path = "/orders/{id}/transactions", tag = "admin", params(("id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = OrderTransactions), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn admin_transactions(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<OrderTransactions>, AppError> {
+    load(&state, id).await?;
+    Ok(axum::Json(OrderTransactions {
+        transactions: crate::payments::transactions::for_order(&state.db, id).await?,
+        events: crate::payments::events::for_order(&state.db, id).await?,
+    }))
+}

@@ -1,0 +1,356 @@
+//! The order tables.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use super::{Order, OrderItem, OrderStatus, Payment, ShippingAddress, StatusChange};
+
+#[derive(FromRow)]
+struct OrderRow {
+    id: Uuid,
+    number: String,
+    user_id: Uuid,
+    status: String,
+    subtotal: i64,
+    discount_total: i64,
+    total: i64,
+    currency: String,
+    shipping_address: sqlx::types::Json<ShippingAddress>,
+    expires_at: DateTime<Utc>,
+    payment_provider: String,
+    payment_intent_id: Option<String>,
+    payment_client_secret: Option<String>,
+    payment_status: String,
+    payment_error: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const ORDER_COLUMNS: &str =
+    "id, number, user_id, status, subtotal, discount_total, total, currency,
+    shipping_address, expires_at, payment_provider, payment_intent_id, payment_client_secret,
+    payment_status, payment_error, created_at, updated_at";
+
+impl OrderRow {
+    fn into_order(self, items: Vec<OrderItem>) -> Order {
+        Order {
+            id: self.id,
+            number: self.number,
+            user_id: self.user_id,
+            status: OrderStatus::parse(&self.status),
+            items,
+            subtotal: self.subtotal,
+            discount_total: self.discount_total,
+            total: self.total,
+            currency: self.currency,
+            shipping_address: self.shipping_address.0,
+            payment: Payment {
+                provider: self.payment_provider,
+                payment_intent_id: self.payment_intent_id,
+                client_secret: self.payment_client_secret,
+                status: self.payment_status,
+                error: self.payment_error,
+            },
+            expires_at: self.expires_at,
+            status_history: None,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct ItemRow {
+    id: Uuid,
+    order_id: Uuid,
+    product_id: Uuid,
+    variant_id: Uuid,
+    sku: String,
+    name: String,
+    options: sqlx::types::Json<BTreeMap<String, String>>,
+    unit_price: i64,
+    quantity: i32,
+    line_total: i64,
+}
+
+async fn items_of(
+    db: &PgPool,
+    orders: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<OrderItem>>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, ItemRow>(
+        "SELECT id, order_id, product_id, variant_id, sku, name, options, unit_price, quantity, line_total
+         FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, name, sku",
+    )
+    .bind(orders)
+    .fetch_all(db)
+    .await?;
+    let mut items: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
+    for row in rows {
+        items.entry(row.order_id).or_default().push(OrderItem {
+            id: row.id,
+            product_id: row.product_id,
+            variant_id: row.variant_id,
+            sku: row.sku,
+            name: row.name,
+            options: row.options.0,
+            unit_price: row.unit_price,
+            quantity: row.quantity,
+            line_total: row.line_total,
+        });
+    }
+    Ok(items)
+}
+
+async fn with_items(db: &PgPool, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut items = items_of(db, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let lines = items.remove(&row.id).unwrap_or_default();
+            row.into_order(lines)
+        })
+        .collect())
+}
+
+/// The full order with its history.
+pub async fn find(db: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut order = with_items(db, vec![row]).await?.remove(0);
+    type HistoryRow = (Option<String>, String, DateTime<Utc>, Option<String>);
+    let history: Vec<HistoryRow> = sqlx::query_as(
+        "SELECT from_status, to_status, at, reason FROM order_status_history
+         WHERE order_id = $1 ORDER BY at, id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    order.status_history = Some(
+        history
+            .into_iter()
+            .map(|(from, to, at, reason)| StatusChange {
+                from: from.as_deref().map(OrderStatus::parse),
+                to: OrderStatus::parse(&to),
+                at,
+                reason,
+            })
+            .collect(),
+    );
+    Ok(Some(order))
+}
+
+/// A page of orders, newest first: one customer's (`user`) or everyone's, optionally by status.
+pub async fn list(
+    db: &PgPool,
+    user: Option<Uuid>,
+    status: Option<OrderStatus>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Order>, i64), sqlx::Error> {
+    let status = status.map(OrderStatus::as_str);
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2)",
+    )
+    .bind(user)
+    .bind(status)
+    .fetch_one(db)
+    .await?;
+    let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2)
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+    )))
+    .bind(user)
+    .bind(status)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await?;
+    Ok((with_items(db, rows).await?, total))
+}
+
+pub struct NewOrder {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub lines: Vec<NewLine>,
+    pub subtotal: i64,
+    pub discount_total: i64,
+    pub currency: String,
+    pub shipping_address: ShippingAddress,
+    pub expires_at: DateTime<Utc>,
+    pub payment_provider: String,
+}
+
+pub struct NewLine {
+    pub variant_id: Uuid,
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub options: BTreeMap<String, String>,
+    pub unit_price: i64,
+    pub quantity: i32,
+}
+
+/// Writes a new pending order, its lines and its first history row.
+pub async fn insert(tx: &mut PgConnection, order: &NewOrder) -> Result<String, sqlx::Error> {
+    let number: String = sqlx::query_scalar(
+        "INSERT INTO orders (id, number, user_id, subtotal, discount_total, total, currency,
+                             shipping_address, expires_at, payment_provider)
+         VALUES ($1, 'SO-' || to_char(now(), 'YYMMDD') || '-' || nextval('order_number_seq'),
+                 $2, $3, $4, $5, $6, $7, $8, $9)
+         RETURNING number",
+    )
+    .bind(order.id)
+    .bind(order.user_id)
+    .bind(order.subtotal)
+    .bind(order.discount_total)
+    .bind(order.subtotal - order.discount_total)
+    .bind(&order.currency)
+    .bind(sqlx::types::Json(&order.shipping_address))
+    .bind(order.expires_at)
+    .bind(&order.payment_provider)
+    .fetch_one(&mut *tx)
+    .await?;
+    for line in &order.lines {
+        sqlx::query(
+            "INSERT INTO order_items (id, order_id, variant_id, product_id, sku, name, options,
+                                      unit_price, quantity, line_total)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(order.id)
+        .bind(line.variant_id)
+        .bind(line.product_id)
+        .bind(&line.sku)
+        .bind(&line.name)
+        .bind(sqlx::types::Json(&line.options))
+        .bind(line.unit_price)
+        .bind(line.quantity)
+        .bind(line.unit_price * i64::from(line.quantity))
+        .execute(&mut *tx)
+        .await?;
+    }
+    record_history(
+        &mut *tx,
+        order.id,
+        None,
+        OrderStatus::Pending,
+        "customer",
+        Some("checkout"),
+    )
+    .await?;
+    Ok(number)
+}
+
+pub async fn record_history(
+    db: impl PgExecutor<'_>,
+    order: Uuid,
+    from: Option<OrderStatus>,
+    to: OrderStatus,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_status_history (id, order_id, from_status, to_status, actor, reason)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(order)
+    .bind(from.map(OrderStatus::as_str))
+    .bind(to.as_str())
+    .bind(actor)
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Moves an order from `from` to `to` if it is still in `from` (a compare-and-set: of two
+/// concurrent moves one wins), with a history row. Returns whether it moved.
+pub async fn transition(
+    tx: &mut PgConnection,
+    order: Uuid,
+    from: OrderStatus,
+    to: OrderStatus,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query("UPDATE orders SET status = $3 WHERE id = $1 AND status = $2")
+        .bind(order)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if moved.rows_affected() == 1 {
+        record_history(&mut *tx, order, Some(from), to, actor, reason).await?;
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
+
+pub async fn status_of(
+    db: impl PgExecutor<'_>,
+    order: Uuid,
+) -> Result<Option<OrderStatus>, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(order)
+        .fetch_optional(db)
+        .await?;
+    Ok(status.as_deref().map(OrderStatus::parse))
+}
+
+pub async fn owner_of(db: &PgPool, order: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT user_id FROM orders WHERE id = $1")
+        .bind(order)
+        .fetch_optional(db)
+        .await
+}
+
+/// Orders whose saga must run: not final yet.
+pub async fn unfinished(db: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM orders WHERE status = 'pending'")
+        .fetch_all(db)
+        .await
+}
+
+/// An earlier checkout with this idempotency key: its order and the hash of its body.
+pub async fn checkout_request(
+    db: &PgPool,
+    user: Uuid,
+    key: &str,
+) -> Result<Option<(Uuid, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT order_id, request_hash FROM checkout_requests WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user)
+    .bind(key)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn remember_checkout(
+    tx: &mut PgConnection,
+    user: Uuid,
+    key: &str,
+    hash: &[u8],
+    order: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO checkout_requests (user_id, key, request_hash, order_id) VALUES ($1, $2, $3, $4)")
+        .bind(user)
+        .bind(key)
+        .bind(hash)
+        .bind(order)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
