@@ -2,10 +2,10 @@
 //! commands to it (spawning it from PostgreSQL if it is asleep), resumes every unfinished order
 //! at boot, and restarts a saga that fails.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use ractor::{ActorId, ActorProcessingErr, RpcReplyPort, SupervisionEvent};
+use ractor::{ActorProcessingErr, RpcReplyPort, SupervisionEvent};
+use shop_actors::keyed::{Exit, KeyedChildren};
 use shop_actors::{ActorError, ChildSpec, Mailbox, ShopActor, Slot, instrument};
 use uuid::Uuid;
 
@@ -42,8 +42,7 @@ pub struct SupervisorArgs {
 
 pub struct SupervisorState {
     args: SupervisorArgs,
-    sagas: HashMap<Uuid, Mailbox<SagaMsg>>,
-    orders: HashMap<ActorId, Uuid>,
+    sagas: KeyedChildren<Uuid, SagaMsg>,
 }
 
 pub struct OrderSupervisor;
@@ -58,10 +57,8 @@ impl SupervisorState {
         myself: &Mailbox<OrderSupervisorMsg>,
         order: Uuid,
     ) -> Result<Mailbox<SagaMsg>, ActorError> {
-        if let Some(saga) = self.sagas.get(&order)
-            && saga.cell().get_status() == ractor::ActorStatus::Running
-        {
-            return Ok(saga.clone());
+        if let Some(saga) = self.sagas.running(&order) {
+            return Ok(saga);
         }
         let args = SagaArgs {
             order_id: order,
@@ -73,7 +70,6 @@ impl SupervisorState {
             .map_err(|_| ActorError::Unavailable {
                 kind: OrderSaga::KIND_NAME,
             })?;
-        self.orders.insert(saga.cell().get_id(), order);
         self.sagas.insert(order, saga.clone());
         Ok(saga)
     }
@@ -193,8 +189,7 @@ impl ShopActor for OrderSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut state = SupervisorState {
             args,
-            sagas: HashMap::new(),
-            orders: HashMap::new(),
+            sagas: KeyedChildren::default(),
         };
         // Resume every order not final yet: its saga re-arms its deadline.
         for order in store::unfinished(&state.args.deps.db).await? {
@@ -282,25 +277,10 @@ impl ShopActor for OrderSupervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, failed) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, false),
-            SupervisionEvent::ActorFailed(cell, error) => {
-                tracing::warn!(%error, "an order saga failed; resuming it from PostgreSQL");
-                (cell, true)
-            }
-            _ => return Ok(()),
-        };
-        let Some(order) = state.orders.remove(&cell.get_id()) else {
+        let Some((order, exit)) = state.sagas.exited(&event) else {
             return Ok(());
         };
-        if state
-            .sagas
-            .get(&order)
-            .is_some_and(|saga| saga.cell().get_id() == cell.get_id())
-        {
-            state.sagas.remove(&order);
-        }
-        if failed {
+        if exit == Exit::Failed {
             metrics::counter!("actor_restarts_total", "kind" => OrderSaga::KIND_NAME).increment(1);
             if matches!(
                 store::status_of(&state.args.deps.db, order).await,

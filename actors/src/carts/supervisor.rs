@@ -1,16 +1,16 @@
 //! The cart supervisor: spawns a customer's cart actor on first touch, forgets it when it stops
 //! for idleness, and restarts it (state reloaded from PostgreSQL) when it fails.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use ractor::{ActorCell, ActorId, ActorProcessingErr, RpcReplyPort, SupervisionEvent};
+use ractor::{ActorCell, ActorProcessingErr, RpcReplyPort, SupervisionEvent};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::actor::{CartActor, CartArgs, CartMsg};
 use crate::instrument::{self, Mailbox, ShopActor};
 use crate::inventory::Inventory;
+use crate::keyed::{Exit, KeyedChildren};
 
 pub enum CartSupervisorMsg {
     /// The running cart of a customer, spawned if needed.
@@ -30,8 +30,7 @@ pub struct SupervisorArgs {
 
 pub struct SupervisorState {
     args: SupervisorArgs,
-    carts: HashMap<Uuid, Mailbox<CartMsg>>,
-    owners: HashMap<ActorId, Uuid>,
+    carts: KeyedChildren<Uuid, CartMsg>,
 }
 
 pub struct CartSupervisor;
@@ -56,7 +55,6 @@ impl SupervisorState {
         let (cart, _) = instrument::spawn(Some(name), CartActor, args, Some(myself.cell()))
             .await
             .map_err(|e| e.to_string())?;
-        self.owners.insert(cart.cell().get_id(), user);
         self.carts.insert(user, cart.clone());
         Ok(cart)
     }
@@ -75,8 +73,7 @@ impl ShopActor for CartSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         Ok(SupervisorState {
             args,
-            carts: HashMap::new(),
-            owners: HashMap::new(),
+            carts: KeyedChildren::default(),
         })
     }
 
@@ -88,12 +85,8 @@ impl ShopActor for CartSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             CartSupervisorMsg::CartOf(user, reply) => {
-                let running = state
-                    .carts
-                    .get(&user)
-                    .filter(|cart| cart.cell().get_status() == ractor::ActorStatus::Running);
-                let answer = match running {
-                    Some(cart) => Ok(cart.clone()),
+                let answer = match state.carts.running(&user) {
+                    Some(cart) => Ok(cart),
                     None => state.spawn(&myself, user).await,
                 };
                 let _ = reply.send(answer);
@@ -114,25 +107,10 @@ impl ShopActor for CartSupervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, failed) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, false),
-            SupervisionEvent::ActorFailed(cell, error) => {
-                tracing::warn!(%error, "a cart actor failed; restarting it from PostgreSQL");
-                (cell, true)
-            }
-            _ => return Ok(()),
-        };
-        let Some(user) = state.owners.remove(&cell.get_id()) else {
+        let Some((user, exit)) = state.carts.exited(&event) else {
             return Ok(());
         };
-        if state
-            .carts
-            .get(&user)
-            .is_some_and(|cart| cart.cell().get_id() == cell.get_id())
-        {
-            state.carts.remove(&user);
-        }
-        if failed {
+        if exit == Exit::Failed {
             metrics::counter!("actor_restarts_total", "kind" => CartActor::KIND_NAME).increment(1);
             if let Err(error) = state.spawn(&myself, user).await {
                 tracing::warn!(%error, %user, "cart restart failed; it revives on the next touch");
