@@ -149,6 +149,22 @@ impl<M: Send + 'static> Mailbox<M> {
         }
     }
 
+    /// Sends `message()` every `every` (first after one period) until the actor is gone: the
+    /// timers of shards and carts.
+    pub fn cast_every(&self, every: Duration, message: fn() -> M) {
+        let mailbox = self.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                if mailbox.cast(message()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     pub fn cell(&self) -> ActorCell {
         self.actor.get_cell()
     }

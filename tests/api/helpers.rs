@@ -342,6 +342,23 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
+impl TestApp {
+    /// (on hand, held, sold) of a variant, from PostgreSQL: the inventory's ledger.
+    pub async fn stock_ledger(&self, variant: Uuid) -> (i32, i32, i32) {
+        sqlx::query_as(
+            "SELECT v.stock,
+                    coalesce(sum(r.quantity) FILTER (WHERE r.status = 'held'), 0)::int,
+                    coalesce(sum(r.quantity) FILTER (WHERE r.status = 'committed'), 0)::int
+             FROM product_variants v LEFT JOIN stock_reservations r ON r.variant_id = v.id
+             WHERE v.id = $1 GROUP BY v.stock",
+        )
+        .bind(variant)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+}
+
 /// Asserts a problem+json error response with `status`, and returns its body.
 pub async fn assert_problem(response: Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status, "status");

@@ -36,17 +36,7 @@ const TTL: Duration = Duration::from_secs(900);
 
 /// (on hand, held, sold) of a variant, from PostgreSQL.
 async fn ledger(app: &TestApp, variant: Uuid) -> (i32, i32, i32) {
-    sqlx::query_as(
-        "SELECT v.stock,
-                coalesce(sum(r.quantity) FILTER (WHERE r.status = 'held'), 0)::int,
-                coalesce(sum(r.quantity) FILTER (WHERE r.status = 'committed'), 0)::int
-         FROM product_variants v LEFT JOIN stock_reservations r ON r.variant_id = v.id
-         WHERE v.id = $1 GROUP BY v.stock",
-    )
-    .bind(variant)
-    .fetch_one(&app.db)
-    .await
-    .unwrap()
+    app.stock_ledger(variant).await
 }
 
 fn inventory(app: &TestApp) -> &Inventory {

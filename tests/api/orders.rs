@@ -91,17 +91,7 @@ async fn wait_status(app: &TestApp, who: &Session, id: &str, status: &str) -> Va
 
 /// (on hand, held, sold) of a variant.
 async fn stock(app: &TestApp, variant: &str) -> (i32, i32, i32) {
-    sqlx::query_as(
-        "SELECT v.stock,
-                coalesce(sum(r.quantity) FILTER (WHERE r.status = 'held'), 0)::int,
-                coalesce(sum(r.quantity) FILTER (WHERE r.status = 'committed'), 0)::int
-         FROM product_variants v LEFT JOIN stock_reservations r ON r.variant_id = v.id
-         WHERE v.id = $1 GROUP BY v.stock",
-    )
-    .bind(Uuid::parse_str(variant).unwrap())
-    .fetch_one(&app.db)
-    .await
-    .unwrap()
+    app.stock_ledger(Uuid::parse_str(variant).unwrap()).await
 }
 
 #[tokio::test]

@@ -170,16 +170,7 @@ impl ShopActor for CartActor {
         let cart = store::load(&args.db, args.user).await?;
         let every =
             (args.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(every);
-            interval.tick().await;
-            loop {
-                interval.tick().await;
-                if myself.cast(CartMsg::IdleCheck).is_err() {
-                    break;
-                }
-            }
-        });
+        myself.cast_every(every, || CartMsg::IdleCheck);
         Ok(CartState {
             cart,
             db: args.db,

@@ -93,20 +93,6 @@ impl InventoryShard {
     pub const KIND_NAME: &'static str = "inventory_shard";
 }
 
-/// Sends `message` to `mailbox` every `every` until the actor is gone.
-fn tick(mailbox: Mailbox<ShardMsg>, every: Duration, message: fn() -> ShardMsg) {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        interval.tick().await;
-        loop {
-            interval.tick().await;
-            if mailbox.cast(message()).is_err() {
-                break;
-            }
-        }
-    });
-}
-
 impl ShardState {
     /// Makes sure every variant of `ids` this shard owns is in memory.
     async fn load(&mut self, ids: &[Uuid]) -> Result<(), InventoryError> {
@@ -294,8 +280,8 @@ impl ShopActor for InventoryShard {
             ));
         }
         state.report();
-        tick(myself.clone(), args.expiry_interval, || ShardMsg::ExpireDue);
-        tick(myself, args.reconcile_interval, || {
+        myself.cast_every(args.expiry_interval, || ShardMsg::ExpireDue);
+        myself.cast_every(args.reconcile_interval, || {
             // A reconciliation nobody waits for: it only sets the gauge.
             let (reply, _) = ractor::concurrency::oneshot();
             ShardMsg::Reconcile(reply.into())
