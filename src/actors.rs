@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use shop_actors::carts::{CartConfig, Carts};
 use shop_actors::inventory::{Inventory, InventoryConfig};
+use shop_actors::refunds::Refunds;
 use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, ShopActor, Slot};
 use sqlx::PgPool;
 
@@ -13,7 +14,8 @@ use crate::messaging::relay::RelayArgs;
 use crate::messaging::{EmailDispatcher, Messaging, OutboxRelay};
 use crate::orders::saga::SagaDeps;
 use crate::orders::supervisor::{OrderSupervisorMsg, Orders};
-use crate::payments::{MailboxSink, PaymentProvider, PaymentRouter};
+use crate::payments::refunds::Ledger;
+use crate::payments::{MailboxSink, PaymentProvider, PaymentRouter, SubscriptionId};
 
 pub struct Actors {
     system: ActorSystem,
@@ -29,6 +31,9 @@ pub struct Actors {
     pub payment_router: PaymentRouter,
     /// The configured payment provider (its simulated events go through `payment_router`).
     pub payments: PaymentProvider,
+    /// The refund worker: settles the refunds owed.
+    pub refunds: Refunds,
+    orders_subscription: SubscriptionId,
 }
 
 impl Actors {
@@ -69,17 +74,25 @@ impl Actors {
         let payment_router = PaymentRouter::new();
         let payments =
             PaymentProvider::from_settings(settings, db.clone(), payment_router.clone())?;
+        let checkout = &settings.checkout;
+        let (refunds, refunds_spec) = Refunds::new(
+            ActorSystem::child_name(prefix, "refund_worker"),
+            std::sync::Arc::new(Ledger::new(db.clone(), payments.clone())),
+            Duration::from_secs(checkout.refund_interval_secs.max(1)),
+        );
         let (orders, orders_spec) = Orders::new(
             prefix,
             SagaDeps {
                 db: db.clone(),
                 inventory: inventory.clone(),
                 payments: payments.clone(),
+                refunds: refunds.clone(),
             },
-            call_timeout,
+            Duration::from_secs(checkout.call_timeout_secs),
+            Duration::from_secs(checkout.sweep_interval_secs.max(1)),
         );
         // Payment events reach the sagas through the order supervisor.
-        payment_router.subscribe(std::sync::Arc::new(MailboxSink::new(
+        let orders_subscription = payment_router.subscribe(std::sync::Arc::new(MailboxSink::new(
             orders.slot(),
             OrderSupervisorMsg::Payment,
         )));
@@ -97,7 +110,9 @@ impl Actors {
             payment_router.child_spec(
                 ActorSystem::child_name(prefix, PaymentRouter::SLOT),
                 db.clone(),
+                Duration::from_secs(checkout.redeliver_interval_secs.max(1)),
             ),
+            refunds_spec,
         ];
         children.extend(messaging_children(settings, db, &messaging, prefix));
         children.extend(extra);
@@ -110,7 +125,14 @@ impl Actors {
             orders,
             payment_router,
             payments,
+            refunds,
+            orders_subscription,
         })
+    }
+
+    /// Stops forwarding payment events to the order sagas (tests of the payments layer alone).
+    pub fn detach_orders_from_payments(&self) {
+        self.payment_router.unsubscribe(self.orders_subscription);
     }
 
     pub fn system(&self) -> &ActorSystem {

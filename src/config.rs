@@ -236,6 +236,40 @@ pub struct StripeSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct CheckoutSettings {
     pub reservation_ttl_secs: u64,
+    /// How long a checkout, payment or cancel request waits for its order saga. The layers nest:
+    /// a provider call (`payments.timeout_secs`) < the saga's own deadline (this less
+    /// [`SAGA_MARGIN`]) < this < `server.request_timeout_secs`, so the saga decides (and undoes
+    /// what it did) before anyone outside gives up on it.
+    #[serde(default = "default_checkout_call_timeout_secs")]
+    pub call_timeout_secs: u64,
+    /// How often payment events not yet acted on are handed to their sagas again.
+    #[serde(default = "default_redeliver_interval_secs")]
+    pub redeliver_interval_secs: u64,
+    /// How often the order supervisor makes sure every pending order has a running saga.
+    #[serde(default = "default_sweep_interval_secs")]
+    pub sweep_interval_secs: u64,
+    /// How often the refund worker retries the refunds still owed.
+    #[serde(default = "default_refund_interval_secs")]
+    pub refund_interval_secs: u64,
+}
+
+/// How much earlier than its caller's timeout an order saga stops starting new steps.
+pub const SAGA_MARGIN: Duration = Duration::from_secs(2);
+
+fn default_checkout_call_timeout_secs() -> u64 {
+    25
+}
+
+fn default_redeliver_interval_secs() -> u64 {
+    5
+}
+
+fn default_sweep_interval_secs() -> u64 {
+    5
+}
+
+fn default_refund_interval_secs() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -403,6 +437,19 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "outbox.batch_size and outbox.poll_interval_ms must be positive".into(),
             ));
+        }
+        // Inner timeouts shorter than outer ones (see `CheckoutSettings::call_timeout_secs`).
+        let saga = Duration::from_secs(self.checkout.call_timeout_secs).saturating_sub(SAGA_MARGIN);
+        if Duration::from_secs(self.payments.timeout_secs) >= saga
+            || self.checkout.call_timeout_secs >= self.server.request_timeout_secs
+        {
+            return Err(ConfigError::Invalid(format!(
+                "timeouts must nest: payments.timeout_secs ({}) < checkout.call_timeout_secs ({}) - {}s < server.request_timeout_secs ({})",
+                self.payments.timeout_secs,
+                self.checkout.call_timeout_secs,
+                SAGA_MARGIN.as_secs(),
+                self.server.request_timeout_secs
+            )));
         }
         if self.payments.provider == PaymentProvider::Stripe
             && (self.stripe.secret_key.is_none() || self.stripe.webhook_secret.is_none())

@@ -221,6 +221,18 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
+impl From<crate::orders::store::TransitionError> for AppError {
+    fn from(error: crate::orders::store::TransitionError) -> Self {
+        use crate::orders::store::TransitionError;
+        match error {
+            TransitionError::Illegal { .. } => {
+                Self::conflict("illegal-transition", error.to_string())
+            }
+            TransitionError::Database(error) => error.into(),
+        }
+    }
+}
+
 impl From<shop_actors::ActorError> for AppError {
     fn from(error: shop_actors::ActorError) -> Self {
         Self::Unavailable(error.to_string())

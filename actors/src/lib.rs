@@ -6,6 +6,7 @@ pub mod carts;
 pub mod instrument;
 pub mod inventory;
 pub mod keyed;
+pub mod refunds;
 pub mod root;
 
 pub use instrument::{ActorError, Envelope, Instrumented, Mailbox, ShopActor, Slot};

@@ -14,12 +14,11 @@ use crate::error::{AppError, Problem};
 use crate::http::auth::AuthUser;
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{PageParams, Paged};
-use crate::messaging::OrderEmailKind;
 use crate::orders::saga::{Checkout, CheckoutError, SagaError};
 use crate::orders::store::{self, NewLine, NewOrder};
 use crate::orders::{Order, OrderStatus, ShippingAddress};
-use crate::payments::IdempotencyKey;
 use crate::state::AppState;
+use std::time::Duration;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -34,6 +33,7 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_list_orders))
         .routes(routes!(admin_set_status))
         .routes(routes!(admin_transactions))
+        .routes(routes!(admin_refund))
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -115,6 +115,11 @@ async fn checkout(
         .map_err(|e| crate::carts::cart_error(e, None))?;
     let cart = crate::carts::view(&state.db, snapshot, &state.settings.store.currency).await?;
     if cart.items.is_empty() {
+        // A retry of a checkout whose answer was lost (a timeout on the way back) finds the
+        // cart emptied by the order it made: it gets that order, not a second one.
+        if let Some(order) = store::just_checked_out(&state.db, user.id).await? {
+            return Ok((StatusCode::CREATED, axum::Json(load(&state, order).await?)));
+        }
         return Err(AppError::invalid("cart", "is empty"));
     }
     if let Some(gone) = cart.items.iter().find(|item| !item.available) {
@@ -155,6 +160,7 @@ async fn checkout(
         order,
         idempotency: key.map(|key| (key, hash)),
         ttl,
+        deadline: state.actors.orders.deadline(),
     };
     let order = match state.actors.orders.checkout(checkout).await {
         Ok(order) => order,
@@ -203,6 +209,7 @@ fn saga_error(error: SagaError) -> AppError {
                 status.as_str()
             ),
         ),
+        SagaError::NotFound => AppError::NotFound,
         SagaError::Unavailable(why) => AppError::Unavailable(why),
     }
 }
@@ -354,27 +361,17 @@ async fn admin_set_status(
                 .map_err(saga_error)?;
         }
         OrderStatus::Refunded => {
-            let intent = order.payment.payment_intent_id.clone().ok_or_else(|| {
-                AppError::conflict("not-paid", "The order has no payment to refund.")
-            })?;
-            state
-                .actors
-                .payments
-                .refund(&intent, None, &IdempotencyKey::refund(id, 1))
-                .await
-                .map_err(|e| AppError::Unavailable(e.to_string()))?;
-            move_status(
+            let left = order.total - order.refunded_amount;
+            refund(
                 &state,
-                id,
-                order.status,
-                OrderStatus::Refunded,
-                reason.or(Some("refunded by an admin")),
-                Some(OrderEmailKind::Refunded),
+                &order,
+                left,
+                reason.unwrap_or("refunded by an admin"),
             )
             .await?;
         }
         OrderStatus::Shipped | OrderStatus::Delivered => {
-            move_status(&state, id, order.status, body.status, reason, None).await?;
+            move_status(&state, id, order.status, body.status, reason).await?;
         }
     }
     Ok(axum::Json(load(&state, id).await?))
@@ -386,7 +383,6 @@ async fn move_status(
     from: OrderStatus,
     to: OrderStatus,
     reason: Option<&str>,
-    email: Option<OrderEmailKind>,
 ) -> Result<(), AppError> {
     let mut tx = state.db.begin().await?;
     if !store::transition(&mut tx, id, from, to, "admin", reason).await? {
@@ -395,11 +391,102 @@ async fn move_status(
             "The order changed meanwhile; reload it.",
         ));
     }
-    if let Some(kind) = email {
-        crate::orders::notify::order_changed(&mut tx, id, kind).await?;
-    }
     tx.commit().await?;
     Ok(())
+}
+
+/// Decides a refund of `amount` (durably, with the order locked so that two admins cannot
+/// refund more than was paid), then asks the refund worker to settle it now. A provider that
+/// does not answer leaves the refund owed: the worker retries it, and the order shows it once
+/// settled.
+async fn refund(
+    state: &AppState,
+    order: &Order,
+    amount: i64,
+    reason: &str,
+) -> Result<(), AppError> {
+    let intent = order
+        .payment
+        .payment_intent_id
+        .clone()
+        .ok_or_else(|| AppError::conflict("not-paid", "The order has no payment to refund."))?;
+    let mut tx = state.db.begin().await?;
+    // Locks the order row for the rest of the transaction.
+    let status = store::status_for_update(&mut tx, order.id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    if !status.can_become(OrderStatus::Refunded) {
+        return Err(AppError::conflict(
+            "illegal-transition",
+            format!("A {} order cannot be refunded.", status.as_str()),
+        ));
+    }
+    let left = order.total - crate::payments::refunds::committed_for(&mut tx, order.id).await?;
+    if amount < 1 || amount > left {
+        return Err(AppError::invalid(
+            "amount",
+            format!("must be between 1 and {left}, what is left to refund"),
+        ));
+    }
+    let seq = crate::payments::refunds::count_for(&mut tx, order.id).await? + 1;
+    crate::payments::refunds::owe(
+        &mut tx,
+        crate::payments::refunds::Owed {
+            order_id: order.id,
+            intent_id: &intent,
+            amount,
+            currency: &order.currency,
+            reason: crate::payments::refunds::RefundReason::Admin,
+            dedup_key: format!("admin:{}:{seq}", order.id),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(order = %order.id, amount, reason, "refund decided by an admin");
+    let wait = Duration::from_secs(state.settings.payments.timeout_secs + 1);
+    if let Err(error) = state.actors.refunds.settle_now(wait).await {
+        tracing::warn!(order = %order.id, %error, "refund decided, not settled yet; the worker retries it");
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// Minor units, at most what is left to refund.
+    #[schema(minimum = 1)]
+    amount: i64,
+    #[schema(max_length = 500)]
+    reason: Option<String>,
+}
+
+/// Refund part (or the rest) of a paid or delivered order through the payment provider. The
+/// order becomes `refunded` only once refunded in full; until then it keeps its status and shows
+/// `refunded_amount`. A refund the provider has not taken yet stays owed and is retried.
+#[utoipa::path(post, path = "/orders/{id}/refunds", tag = "admin", params(("id" = Uuid, Path)),
+    request_body = RefundRequest, security(("bearer" = [])),
+    responses((status = 200, body = Order), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+async fn admin_refund(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<RefundRequest>,
+) -> Result<axum::Json<Order>, AppError> {
+    let order = load(&state, id).await?;
+    let reason = body
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("refunded by an admin");
+    if reason.chars().count() > 500 {
+        return Err(AppError::invalid(
+            "reason",
+            "must be at most 500 characters",
+        ));
+    }
+    refund(&state, &order, body.amount, reason).await?;
+    Ok(axum::Json(load(&state, id).await?))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -17,6 +17,11 @@ use uuid::Uuid;
 use crate::catalog::{Fields, parse_name};
 use crate::error::AppError;
 
+/// A status string that is none of [`OrderStatus`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown order status {0:?}")]
+pub struct UnknownStatus(pub String);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
@@ -40,15 +45,22 @@ impl OrderStatus {
         }
     }
 
-    pub fn parse(raw: &str) -> Self {
-        match raw {
+    /// A stored or sent status; anything else is an error, never a default.
+    pub fn parse(raw: &str) -> Result<Self, UnknownStatus> {
+        Ok(match raw {
+            "pending" => Self::Pending,
             "paid" => Self::Paid,
             "shipped" => Self::Shipped,
             "delivered" => Self::Delivered,
             "cancelled" => Self::Cancelled,
             "refunded" => Self::Refunded,
-            _ => Self::Pending,
-        }
+            _ => return Err(UnknownStatus(raw.to_owned())),
+        })
+    }
+
+    /// [`parse`](Self::parse) for a column read from PostgreSQL: an unknown value fails the read.
+    pub fn decode(raw: &str) -> Result<Self, sqlx::Error> {
+        Self::parse(raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))
     }
 
     /// The workflow: `pending → paid → shipped → delivered`, `pending → cancelled`,
@@ -68,6 +80,17 @@ impl OrderStatus {
     /// No saga runs for an order in a final state.
     pub fn is_final(self) -> bool {
         !matches!(self, Self::Pending)
+    }
+
+    /// The email the customer gets when an order reaches this status, if any.
+    pub fn email(self) -> Option<crate::messaging::OrderEmailKind> {
+        use crate::messaging::OrderEmailKind;
+        match self {
+            Self::Paid => Some(OrderEmailKind::Paid),
+            Self::Cancelled => Some(OrderEmailKind::Cancelled),
+            Self::Refunded => Some(OrderEmailKind::Refunded),
+            Self::Pending | Self::Shipped | Self::Delivered => None,
+        }
     }
 }
 
@@ -174,6 +197,9 @@ pub struct Order {
     pub subtotal: i64,
     pub discount_total: i64,
     pub total: i64,
+    /// Minor units refunded so far; the order is `refunded` only once this reaches `total` (a
+    /// partial refund leaves the status as it was).
+    pub refunded_amount: i64,
     pub currency: String,
     pub shipping_address: ShippingAddress,
     pub payment: Payment,
@@ -189,6 +215,16 @@ pub struct Order {
 #[cfg(test)]
 mod tests {
     use super::OrderStatus::*;
+
+    #[test]
+    fn every_status_round_trips_and_an_unknown_one_is_an_error() {
+        for status in [Pending, Paid, Shipped, Delivered, Cancelled, Refunded] {
+            assert_eq!(super::OrderStatus::parse(status.as_str()), Ok(status));
+        }
+        assert!(super::OrderStatus::parse("payment_failed").is_err());
+        assert!(super::OrderStatus::parse("").is_err());
+        assert!(super::OrderStatus::parse("Pending").is_err());
+    }
 
     #[test]
     fn only_the_workflow_transitions_are_allowed() {

@@ -1,26 +1,46 @@
-//! The order saga: one actor per order in flight. It walks reserve stock → persist the order →
-//! create the payment intent → wait for the payment event or the deadline → commit the stock and
-//! mark the order paid, or release the stock and cancel. Every step is persisted, so a saga
-//! resumed after a restart continues from the step the order reached; payment events are
-//! triggers, the saga re-reads the order and only moves forward.
+//! The order saga: one actor per order in flight, the only one that moves a pending order. The
+//! whole walk, as persisted in `orders.saga_step`:
+//!
+//! 1. `reserved`: the stock is held in the inventory shards (nothing else exists yet; a short
+//!    line ends the checkout with nothing left behind).
+//! 2. The payment intent is created (idempotency key from the order id). If the provider does not
+//!    answer, the stock is released and the checkout answers 503: nothing was created.
+//! 3. `awaiting_payment`: the order is written, with its intent, in one transaction. Only now
+//!    does the order exist; past the caller's deadline no order is written.
+//! 4. A payment event (a trigger: the saga re-reads the order and only moves forward), the
+//!    reservation deadline, or a cancel:
+//!    - succeeded, matching the order: the stock is committed (retried until every shard has
+//!      answered), then `paid` in the transaction that marks the event processed;
+//!    - succeeded but the holds were gone, or the amount or currency does not match: the order
+//!      is cancelled, what stock it had goes back, and a refund is owed (a durable row the refund
+//!      worker settles), all in one transaction with the event;
+//!    - succeeded for an order already cancelled: a refund is owed;
+//!    - the deadline or a cancel: the intent is cancelled first; if the provider says it already
+//!      succeeded, the order is paid instead; then the stock is released and the order cancelled.
+//! 5. `done`: the order is final and the saga stops.
+//!
+//! An event is processed only in the transaction that commits its effect; an event whose effect
+//! could not be committed stays unprocessed and the payment router hands it over again.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{ActorProcessingErr, RpcReplyPort};
 use shop_actors::inventory::{Demand, Inventory, InventoryError, Shortage};
+use shop_actors::refunds::Refunds;
 use shop_actors::{Mailbox, ShopActor};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::OrderStatus;
-use super::store::{self, NewOrder};
-use crate::messaging::OrderEmailKind;
+use super::store::{self, NewOrder, TransitionError};
+use crate::payments::refunds::{self, Owed, RefundReason};
 use crate::payments::{
-    IdempotencyKey, IntentStatus, PaymentEvent, PaymentEventKind, PaymentProvider,
+    IdempotencyKey, IntentStatus, PaymentError, PaymentEvent, PaymentEventKind, PaymentIntent,
+    PaymentProvider,
 };
 
-/// Why a checkout did not produce an order.
+/// Why a checkout did not produce an order. In every case nothing was created.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CheckoutError {
     #[error("not enough stock")]
@@ -42,14 +62,30 @@ pub struct PaymentAttempt {
 pub enum SagaError {
     #[error("the order is {0:?}, not pending")]
     NotPending(OrderStatus),
+    #[error("no such order")]
+    NotFound,
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<sqlx::Error> for SagaError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+impl From<TransitionError> for SagaError {
+    fn from(error: TransitionError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
 }
 
 pub struct Checkout {
     pub order: NewOrder,
     pub idempotency: Option<(String, Vec<u8>)>,
     pub ttl: Duration,
+    /// Past this, the saga writes no order: its caller is about to give up.
+    pub deadline: Instant,
 }
 
 pub enum SagaMsg {
@@ -60,6 +96,7 @@ pub enum SagaMsg {
     /// Confirm the payment with a payment method.
     Pay {
         payment_method: String,
+        deadline: Instant,
         reply: RpcReplyPort<Result<PaymentAttempt, SagaError>>,
     },
     /// Cancel on behalf of `actor` (customer or admin).
@@ -68,7 +105,7 @@ pub enum SagaMsg {
         reason: String,
         reply: RpcReplyPort<Result<(), SagaError>>,
     },
-    /// The reservation deadline has come.
+    /// The reservation deadline has come (or a cancel at it is tried again).
     Expire,
 }
 
@@ -77,6 +114,7 @@ pub struct SagaDeps {
     pub db: PgPool,
     pub inventory: Inventory,
     pub payments: PaymentProvider,
+    pub refunds: Refunds,
 }
 
 pub struct SagaArgs {
@@ -96,6 +134,13 @@ impl OrderSaga {
     pub const KIND_NAME: &'static str = "order_saga";
 }
 
+/// How long a stock commit is retried before the event is left for the router to hand over
+/// again (the commit is idempotent: the next try answers what this one did).
+const COMMIT_BUDGET: Duration = Duration::from_secs(15);
+/// How soon an expiry whose cancel could not be decided (the provider did not answer) is tried
+/// again.
+const EXPIRY_RETRY: Duration = Duration::from_secs(5);
+
 /// What the saga reads of its order before each decision.
 #[derive(sqlx::FromRow)]
 struct Snapshot {
@@ -105,36 +150,85 @@ struct Snapshot {
     expires_at: DateTime<Utc>,
     payment_intent_id: Option<String>,
     payment_attempt: i32,
-    units: i64,
+    reserved_units: i32,
+}
+
+impl Snapshot {
+    fn status(&self) -> Result<OrderStatus, sqlx::Error> {
+        OrderStatus::decode(&self.status)
+    }
 }
 
 async fn snapshot(db: &PgPool, order: Uuid) -> Result<Option<Snapshot>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT o.status, o.total, o.currency, o.expires_at, o.payment_intent_id, o.payment_attempt,
-                (SELECT coalesce(sum(i.quantity), 0) FROM order_items i WHERE i.order_id = o.id) AS units
-         FROM orders o WHERE o.id = $1",
+        "SELECT status, total, currency, expires_at, payment_intent_id, payment_attempt, reserved_units
+         FROM orders WHERE id = $1",
     )
     .bind(order)
     .fetch_optional(db)
     .await
 }
 
+/// A payment the provider reports as taken: from an event, or read back from the intent when a
+/// cancel found it had succeeded.
+struct Taken<'a> {
+    intent_id: &'a str,
+    amount: i64,
+    currency: &'a str,
+    /// The event to mark processed with the effect, if an event brought it.
+    event_id: Option<&'a str>,
+}
+
+/// Retries `step` with doubling pauses until it succeeds or `budget` is spent.
+async fn with_retries<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    budget: Duration,
+    mut step: impl FnMut() -> F,
+) -> Result<T, E> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() + pause < budget => {
+                tracing::warn!(%error, retry_in = ?pause, "{what} failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 impl SagaState {
     fn schedule_expiry(&self, at: DateTime<Utc>) {
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        self.expire_in(wait);
+    }
+
+    fn expire_in(&self, wait: Duration) {
         let myself = self.myself.clone();
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            let _ = myself.cast(SagaMsg::Expire);
+            // A saga that has stopped has nothing left to expire.
+            if myself.cast(SagaMsg::Expire).is_err() {
+                tracing::debug!("the order settled before its deadline");
+            }
         });
     }
 
-    fn done(&self) {
-        self.myself.cell().stop(Some("order settled".into()));
+    /// Stops the saga once its order is final (or does not exist): nothing more to walk.
+    async fn stop_if_settled(&self) -> Result<(), sqlx::Error> {
+        let status = store::status_of(&self.deps.db, self.order_id).await?;
+        if status.is_none_or(OrderStatus::is_final) {
+            self.myself.cell().stop(Some("order settled".into()));
+        }
+        Ok(())
     }
 
+    // ---- steps 1 to 3: checkout ----
+
     async fn begin(&self, checkout: Checkout) -> Result<Uuid, CheckoutError> {
-        let db = &self.deps.db;
         let order = &checkout.order;
         let demand: Vec<Demand> = order
             .lines
@@ -145,29 +239,39 @@ impl SagaState {
             })
             .collect();
         // 1. Stock first: a short order leaves nothing behind.
-        match self
+        let units = match self
             .deps
             .inventory
             .reserve(order.id, &demand, checkout.ttl)
             .await
         {
-            Ok(()) => {}
+            Ok(units) => units,
             Err(InventoryError::Short(short)) => return Err(CheckoutError::Short(short)),
             Err(error) => return Err(CheckoutError::Unavailable(error.to_string())),
+        };
+        match self.create_order(&checkout, units).await {
+            Ok(id) => {
+                self.schedule_expiry(order.expires_at);
+                Ok(id)
+            }
+            Err(error) => {
+                self.release_stock().await;
+                // A concurrent checkout with the same key won: answer with its order.
+                if let Some((key, _)) = &checkout.idempotency
+                    && let Ok(Some((existing, _))) =
+                        store::checkout_request(&self.deps.db, order.user_id, key).await
+                {
+                    return Err(CheckoutError::KeyReused(existing));
+                }
+                Err(error)
+            }
         }
-        let unavailable = |e: sqlx::Error| CheckoutError::Unavailable(e.to_string());
-        // 2. The order, as of step `reserved`.
-        let persisted = async {
-            let mut tx = db.begin().await?;
-            store::insert(&mut tx, order).await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(error) = persisted {
-            let _ = self.deps.inventory.release(order.id).await;
-            return Err(unavailable(error));
-        }
-        // 3. The payment intent (idempotent by order and attempt).
+    }
+
+    /// Steps 2 and 3: the intent, then the order with it, before the deadline.
+    async fn create_order(&self, checkout: &Checkout, units: i32) -> Result<Uuid, CheckoutError> {
+        let order = &checkout.order;
+        let late = || CheckoutError::Unavailable("checkout took too long; nothing was kept".into());
         let intent = self
             .deps
             .payments
@@ -178,242 +282,379 @@ impl SagaState {
                 &order.currency,
                 Default::default(),
             )
-            .await;
-        let intent = match intent {
-            Ok(intent) => intent,
-            Err(error) => {
-                self.cancel(
-                    OrderStatus::Pending,
-                    "system",
-                    "the payment provider is unavailable",
-                )
-                .await;
-                return Err(CheckoutError::Unavailable(error.to_string()));
-            }
+            .await
+            .map_err(|e| CheckoutError::Unavailable(e.to_string()))?;
+        let Some(left) = checkout.deadline.checked_duration_since(Instant::now()) else {
+            self.abandon_intent(&intent).await;
+            return Err(late());
         };
-        // 4. Step `awaiting_payment`, and the idempotency key now names this order.
-        let recorded = async {
-            let mut tx = db.begin().await?;
-            sqlx::query(
-                "UPDATE orders SET payment_intent_id = $2, payment_client_secret = $3,
-                        payment_status = $4, saga_step = 'awaiting_payment' WHERE id = $1",
-            )
-            .bind(order.id)
-            .bind(&intent.id)
-            .bind(&intent.client_secret)
-            .bind(intent.status.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let write = async {
+            let mut tx = self.deps.db.begin().await?;
+            store::insert(&mut tx, order, &intent, units).await?;
             if let Some((key, hash)) = &checkout.idempotency {
                 store::remember_checkout(&mut tx, order.user_id, key, hash, order.id).await?;
             }
             tx.commit().await
-        }
-        .await;
-        match recorded {
-            Ok(()) => {
-                self.schedule_expiry(order.expires_at);
-                Ok(order.id)
-            }
-            Err(error) => {
-                self.cancel(
-                    OrderStatus::Pending,
-                    "system",
-                    "checkout could not be completed",
-                )
-                .await;
-                // A concurrent checkout with the same key won: answer with its order.
-                if let Some((key, _)) = &checkout.idempotency
-                    && let Ok(Some((existing, _))) =
-                        store::checkout_request(db, order.user_id, key).await
-                {
-                    return Err(CheckoutError::KeyReused(existing));
-                }
-                Err(unavailable(error))
-            }
-        }
-    }
-
-    /// Cancels a pending order: the intent is cancelled, the stock released, the status moved.
-    async fn cancel(&self, expected: OrderStatus, actor: &str, reason: &str) -> bool {
-        let db = &self.deps.db;
-        let Ok(Some(order)) = snapshot(db, self.order_id).await else {
-            return false;
         };
-        if OrderStatus::parse(&order.status) != expected {
-            return false;
-        }
-        if let Some(intent) = &order.payment_intent_id {
-            let key = IdempotencyKey::cancel(self.order_id, order.payment_attempt.max(1) as u32);
-            if let Err(error) = self.deps.payments.cancel(intent, &key).await {
-                // Already succeeded or canceled: a late success is refunded when its event comes.
-                tracing::warn!(order = %self.order_id, %error, "cancelling the payment intent failed");
+        match tokio::time::timeout(left, write).await {
+            Ok(Ok(())) => Ok(order.id),
+            Ok(Err(error)) => {
+                self.abandon_intent(&intent).await;
+                Err(CheckoutError::Unavailable(error.to_string()))
             }
+            // The commit may have landed as the deadline passed: the table says.
+            Err(_) => match store::status_of(&self.deps.db, order.id).await {
+                Ok(Some(_)) => Ok(order.id),
+                _ => {
+                    self.abandon_intent(&intent).await;
+                    Err(late())
+                }
+            },
         }
-        if let Err(error) = self.deps.inventory.release(self.order_id).await {
-            tracing::warn!(order = %self.order_id, %error, "release failed; the holds expire on their own");
-        }
-        let moved = async {
-            let mut tx = db.begin().await?;
-            let moved = store::transition(
-                &mut tx,
-                self.order_id,
-                expected,
-                OrderStatus::Cancelled,
-                actor,
-                Some(reason),
-            )
-            .await?;
-            if moved {
-                sqlx::query("UPDATE orders SET saga_step = 'done' WHERE id = $1")
-                    .bind(self.order_id)
-                    .execute(&mut *tx)
-                    .await?;
-                crate::orders::notify::order_changed(
-                    &mut tx,
-                    self.order_id,
-                    OrderEmailKind::Cancelled,
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(moved)
-        }
-        .await;
-        matches!(moved, Ok(true))
     }
 
-    async fn on_payment(&self, event: PaymentEvent) -> Result<(), sqlx::Error> {
-        let db = self.deps.db.clone();
-        let Some(order) = snapshot(&db, self.order_id).await? else {
+    /// An intent whose order was never written: nobody has its client secret, so it cannot be
+    /// paid; cancelling it keeps the provider's dashboard clean.
+    async fn abandon_intent(&self, intent: &PaymentIntent) {
+        let key = IdempotencyKey::cancel(self.order_id, 1);
+        if let Err(error) = self.deps.payments.cancel(&intent.id, &key).await {
+            tracing::warn!(order = %self.order_id, intent = %intent.id, %error,
+                "an unused payment intent was not cancelled; it cannot be paid without its order");
+        }
+    }
+
+    /// Releases the order's holds. A release that keeps failing is not lost: the shards release
+    /// every hold at its `expires_at` on their own.
+    async fn release_stock(&self) {
+        let inventory = &self.deps.inventory;
+        let order = self.order_id;
+        if let Err(error) = with_retries("releasing stock", Duration::from_secs(3), || {
+            inventory.release(order)
+        })
+        .await
+        {
+            tracing::error!(%order, %error, "release failed; the holds expire on their own");
+        }
+    }
+
+    // ---- step 4: payment events ----
+
+    async fn on_payment(&self, event: PaymentEvent) -> Result<(), SagaError> {
+        let db = &self.deps.db;
+        let Some(order) = snapshot(db, self.order_id).await? else {
+            // Not an order of this shop (another system on the same account): nothing to do.
+            tracing::error!(order = %self.order_id, event = %event.event_id, "payment event for an unknown order");
+            metrics::counter!("payment_events_orphaned_total").increment(1);
+            crate::payments::events::mark_processed(db, &event.event_id).await?;
             return Ok(());
         };
-        let status = OrderStatus::parse(&order.status);
+        let status = order.status()?;
         match (event.kind, status) {
             (PaymentEventKind::Succeeded, OrderStatus::Pending) => {
-                if event.amount != order.total || event.currency != order.currency {
-                    tracing::error!(order = %self.order_id, amount = event.amount, currency = %event.currency,
-                        "a payment does not match its order; it stays pending for a person to look at");
-                    metrics::counter!("payment_mismatches_total").increment(1);
-                } else {
-                    let committed = self.deps.inventory.commit(self.order_id).await.unwrap_or(0);
-                    if i64::from(committed) == order.units {
-                        let mut tx = db.begin().await?;
-                        if store::transition(
-                            &mut tx,
-                            self.order_id,
-                            OrderStatus::Pending,
-                            OrderStatus::Paid,
-                            "system",
-                            Some("payment succeeded"),
-                        )
-                        .await?
-                        {
-                            sqlx::query("UPDATE orders SET payment_status = 'succeeded', payment_error = NULL, saga_step = 'done' WHERE id = $1")
-                                .bind(self.order_id)
-                                .execute(&mut *tx)
-                                .await?;
-                            crate::orders::notify::order_changed(
-                                &mut tx,
-                                self.order_id,
-                                OrderEmailKind::Paid,
-                            )
-                            .await?;
-                        }
-                        crate::payments::events::mark_processed(&mut *tx, &event.event_id).await?;
-                        tx.commit().await?;
-                        self.done();
-                        return Ok(());
-                    }
-                    // The holds were gone (expired or released): the goods may be sold to someone
-                    // else, so the money goes back.
-                    tracing::warn!(order = %self.order_id, committed, "paid after its stock was released; refunding");
-                    self.cancel(
-                        OrderStatus::Pending,
-                        "system",
-                        "paid after the reservation expired",
-                    )
-                    .await;
-                    self.refund_late(&event).await;
-                }
+                let taken = Taken {
+                    intent_id: &event.intent_id,
+                    amount: event.amount,
+                    currency: &event.currency,
+                    event_id: Some(&event.event_id),
+                };
+                self.on_taken(&order, &taken).await?;
             }
-            (PaymentEventKind::Succeeded, OrderStatus::Cancelled) => self.refund_late(&event).await,
-            (PaymentEventKind::Failed, OrderStatus::Pending) => {
-                sqlx::query("UPDATE orders SET payment_status = 'failed', payment_error = $2 WHERE id = $1 AND status = 'pending'")
-                    .bind(self.order_id)
-                    .bind(&event.error)
-                    .execute(&db)
-                    .await?;
-            }
-            (
-                PaymentEventKind::Refunded,
-                OrderStatus::Paid | OrderStatus::Shipped | OrderStatus::Delivered,
-            ) => {
+            (PaymentEventKind::Succeeded, OrderStatus::Cancelled) => {
                 let mut tx = db.begin().await?;
-                if store::transition(
-                    &mut tx,
-                    self.order_id,
-                    status,
-                    OrderStatus::Refunded,
-                    "system",
-                    Some("charge refunded"),
-                )
-                .await?
-                {
-                    crate::orders::notify::order_changed(
-                        &mut tx,
+                let owed = self
+                    .owe_refund(&mut tx, &event, RefundReason::LatePayment)
+                    .await?;
+                crate::payments::events::mark_processed(&mut *tx, &event.event_id).await?;
+                if owed {
+                    store::record_history(
+                        &mut *tx,
                         self.order_id,
-                        OrderEmailKind::Refunded,
+                        Some(OrderStatus::Cancelled),
+                        OrderStatus::Cancelled,
+                        "system",
+                        Some("a payment arrived after cancellation; it is refunded"),
                     )
                     .await?;
                 }
                 tx.commit().await?;
+                tracing::warn!(order = %self.order_id, amount = event.amount, "late payment; refund owed");
+                metrics::counter!("late_payments_total").increment(1);
+                self.deps.refunds.kick();
+            }
+            (PaymentEventKind::Failed, OrderStatus::Pending) => {
+                let mut tx = db.begin().await?;
+                sqlx::query("UPDATE orders SET payment_status = 'failed', payment_error = $2 WHERE id = $1 AND status = 'pending'")
+                    .bind(self.order_id)
+                    .bind(&event.error)
+                    .execute(&mut *tx)
+                    .await?;
+                crate::payments::events::mark_processed(&mut *tx, &event.event_id).await?;
+                tx.commit().await?;
+            }
+            (PaymentEventKind::Refunded, _) => {
+                let mut tx = db.begin().await?;
+                store::record_refunded(&mut tx, self.order_id, event.amount).await?;
+                crate::payments::events::mark_processed(&mut *tx, &event.event_id).await?;
+                tx.commit().await?;
             }
             // Anything else is stale or a repeat: events only move an order forward.
-            _ => {}
-        }
-        crate::payments::events::mark_processed(&db, &event.event_id).await?;
-        if status.is_final() {
-            self.done();
+            _ => {
+                crate::payments::events::mark_processed(db, &event.event_id).await?;
+            }
         }
         Ok(())
     }
 
-    /// A payment that succeeded for an order that will not ship is refunded, and logged.
-    async fn refund_late(&self, event: &PaymentEvent) {
-        let key = IdempotencyKey::refund(self.order_id, 1);
-        match self
-            .deps
-            .payments
-            .refund(&event.intent_id, None, &key)
-            .await
-        {
-            Ok(refund) => {
-                tracing::warn!(order = %self.order_id, refund = %refund.id, "late payment refunded");
-                let _ = store::record_history(
-                    &self.deps.db,
-                    self.order_id,
-                    Some(OrderStatus::Cancelled),
-                    OrderStatus::Cancelled,
-                    "system",
-                    Some("a payment arrived after cancellation and was refunded"),
+    /// Writes the refund of a payment that will not pay for goods (`late:` or `mismatch:` by
+    /// intent, so a repeated event owes nothing more).
+    async fn owe_refund(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: &PaymentEvent,
+        reason: RefundReason,
+    ) -> Result<bool, sqlx::Error> {
+        let prefix = match reason {
+            RefundReason::Mismatch => "mismatch",
+            RefundReason::LatePayment | RefundReason::Admin => "late",
+        };
+        refunds::owe(
+            tx,
+            Owed {
+                order_id: self.order_id,
+                intent_id: &event.intent_id,
+                amount: event.amount,
+                currency: &event.currency,
+                reason,
+                dedup_key: format!("{prefix}:{}", event.intent_id),
+            },
+        )
+        .await
+    }
+
+    /// A pending order's payment was taken: paid if it matches and its stock is still held,
+    /// else cancelled with the money owed back.
+    async fn on_taken(&self, order: &Snapshot, taken: &Taken<'_>) -> Result<(), SagaError> {
+        if taken.amount != order.total || taken.currency != order.currency {
+            tracing::error!(order = %self.order_id, amount = taken.amount, currency = %taken.currency,
+                expected = order.total, expected_currency = %order.currency,
+                "a payment does not match its order; cancelling the order and refunding it");
+            metrics::counter!("payment_mismatches_total").increment(1);
+            self.release_stock().await;
+            return self
+                .cancel_and_refund(
+                    taken,
+                    RefundReason::Mismatch,
+                    "the payment did not match the order",
                 )
                 .await;
-                metrics::counter!("late_payments_refunded_total").increment(1);
+        }
+        let inventory = &self.deps.inventory;
+        let owner = self.order_id;
+        // Retried until every shard has answered: an error is not "no stock held".
+        let sold = with_retries("committing stock", COMMIT_BUDGET, || {
+            inventory.commit(owner)
+        })
+        .await
+        .map_err(|e| SagaError::Unavailable(format!("stock commit: {e}")))?;
+        if sold == order.reserved_units {
+            let mut tx = self.deps.db.begin().await?;
+            let moved = store::transition(
+                &mut tx,
+                self.order_id,
+                OrderStatus::Pending,
+                OrderStatus::Paid,
+                "system",
+                Some("payment succeeded"),
+            )
+            .await?;
+            if !moved {
+                // Someone moved it meanwhile: the event is handed over again and meets the new
+                // status.
+                return Err(SagaError::Unavailable("the order changed meanwhile".into()));
             }
-            Err(error) => {
-                tracing::error!(order = %self.order_id, %error, "refunding a late payment failed")
+            sqlx::query(
+                "UPDATE orders SET payment_status = 'succeeded', payment_error = NULL WHERE id = $1",
+            )
+            .bind(self.order_id)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(event) = taken.event_id {
+                crate::payments::events::mark_processed(&mut *tx, event).await?;
+            }
+            tx.commit().await?;
+            return Ok(());
+        }
+        // Some holds were gone (expired or released) before the payment: the goods may be sold
+        // to someone else, so what was sold goes back to the shelf and the money back.
+        tracing::warn!(order = %self.order_id, sold, held = order.reserved_units,
+            "paid after its stock was released; cancelling and refunding");
+        with_retries("restocking", COMMIT_BUDGET, || inventory.restock(owner))
+            .await
+            .map_err(|e| SagaError::Unavailable(format!("restock: {e}")))?;
+        self.release_stock().await;
+        self.cancel_and_refund(
+            taken,
+            RefundReason::LatePayment,
+            "paid after the reservation expired",
+        )
+        .await
+    }
+
+    /// Cancels the pending order and owes its payment back, with the event, in one transaction.
+    async fn cancel_and_refund(
+        &self,
+        taken: &Taken<'_>,
+        reason: RefundReason,
+        why: &str,
+    ) -> Result<(), SagaError> {
+        let mut tx = self.deps.db.begin().await?;
+        let moved = store::transition(
+            &mut tx,
+            self.order_id,
+            OrderStatus::Pending,
+            OrderStatus::Cancelled,
+            "system",
+            Some(why),
+        )
+        .await?;
+        if !moved {
+            return Err(SagaError::Unavailable("the order changed meanwhile".into()));
+        }
+        let prefix = if reason == RefundReason::Mismatch {
+            "mismatch"
+        } else {
+            "late"
+        };
+        refunds::owe(
+            &mut tx,
+            Owed {
+                order_id: self.order_id,
+                intent_id: taken.intent_id,
+                amount: taken.amount,
+                currency: taken.currency,
+                reason,
+                dedup_key: format!("{prefix}:{}", taken.intent_id),
+            },
+        )
+        .await?;
+        sqlx::query("UPDATE orders SET payment_status = 'succeeded' WHERE id = $1")
+            .bind(self.order_id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(event) = taken.event_id {
+            crate::payments::events::mark_processed(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        self.deps.refunds.kick();
+        Ok(())
+    }
+
+    // ---- step 4: deadline and cancels ----
+
+    /// Cancels a pending order: the intent first (if it already succeeded, the order is paid
+    /// instead), then the stock, then the status. `NotPending` when it was not (or no longer)
+    /// pending.
+    async fn cancel(&self, actor: &str, reason: &str) -> Result<(), SagaError> {
+        let db = &self.deps.db;
+        let order = snapshot(db, self.order_id)
+            .await?
+            .ok_or(SagaError::NotFound)?;
+        let status = order.status()?;
+        if status != OrderStatus::Pending {
+            return Err(SagaError::NotPending(status));
+        }
+        if let Some(intent) = &order.payment_intent_id
+            && let Some(paid) = self.cancel_intent(&order, intent).await?
+        {
+            // Taken before we could cancel: the order is paid (or refunded) instead.
+            let taken = Taken {
+                intent_id: &paid.id,
+                amount: paid.amount_received,
+                currency: &paid.currency,
+                event_id: None,
+            };
+            self.on_taken(&order, &taken).await?;
+            let now = store::status_of(db, self.order_id)
+                .await?
+                .ok_or(SagaError::NotFound)?;
+            return Err(SagaError::NotPending(now));
+        }
+        self.release_stock().await;
+        let mut tx = db.begin().await?;
+        let moved = store::transition(
+            &mut tx,
+            self.order_id,
+            OrderStatus::Pending,
+            OrderStatus::Cancelled,
+            actor,
+            Some(reason),
+        )
+        .await?;
+        tx.commit().await?;
+        if !moved {
+            let now = store::status_of(db, self.order_id)
+                .await?
+                .ok_or(SagaError::NotFound)?;
+            return Err(SagaError::NotPending(now));
+        }
+        Ok(())
+    }
+
+    /// Cancels the order's intent. `Some(intent)` when the provider says the money was already
+    /// taken; an error when it cannot say (the order must then stay as it is).
+    async fn cancel_intent(
+        &self,
+        order: &Snapshot,
+        intent: &str,
+    ) -> Result<Option<PaymentIntent>, SagaError> {
+        let key = IdempotencyKey::cancel(self.order_id, order.payment_attempt.max(1) as u32);
+        let refused = match self.deps.payments.cancel(intent, &key).await {
+            Ok(_) => return Ok(None),
+            Err(error) => error,
+        };
+        // Refused (already succeeded or canceled) or no answer: ask what the intent is.
+        let now = self.deps.payments.retrieve(intent).await.map_err(|e| {
+            SagaError::Unavailable(format!("cancelling the payment: {refused}; {e}"))
+        })?;
+        match now.status {
+            IntentStatus::Canceled => Ok(None),
+            IntentStatus::Succeeded => Ok(Some(now)),
+            // Money in flight or an intent that can still be paid: not cancellable now.
+            _ => Err(SagaError::Unavailable(format!(
+                "the payment could not be cancelled ({}): {refused}",
+                now.status
+            ))),
+        }
+    }
+
+    async fn expire(&self) -> Result<(), SagaError> {
+        match self.cancel("system", "reservation expired").await {
+            Ok(()) => {
+                metrics::counter!("orders_expired_total").increment(1);
+                Ok(())
+            }
+            Err(SagaError::NotPending(_) | SagaError::NotFound) => Ok(()),
+            Err(SagaError::Unavailable(why)) => {
+                // Nothing was changed; the deadline is tried again shortly.
+                tracing::warn!(order = %self.order_id, %why, "expiry postponed");
+                self.expire_in(EXPIRY_RETRY);
+                Ok(())
             }
         }
     }
 
-    async fn pay(&self, payment_method: &str) -> Result<PaymentAttempt, SagaError> {
+    // ---- paying ----
+
+    async fn pay(
+        &self,
+        payment_method: &str,
+        deadline: Instant,
+    ) -> Result<PaymentAttempt, SagaError> {
         let db = &self.deps.db;
         let order = snapshot(db, self.order_id)
-            .await
-            .map_err(|e| SagaError::Unavailable(e.to_string()))?
-            .ok_or_else(|| SagaError::Unavailable("order vanished".into()))?;
-        let status = OrderStatus::parse(&order.status);
+            .await?
+            .ok_or(SagaError::NotFound)?;
+        let status = order.status()?;
         if status != OrderStatus::Pending {
             return Err(SagaError::NotPending(status));
         }
@@ -426,33 +667,52 @@ impl SagaState {
         )
         .bind(self.order_id)
         .fetch_one(db)
-        .await
-        .map_err(|e| SagaError::Unavailable(e.to_string()))?;
+        .await?;
         let key = IdempotencyKey::confirm(self.order_id, attempt as u32);
-        let confirmed = self
-            .deps
-            .payments
-            .confirm(&intent, payment_method, &key)
-            .await
-            .map_err(|e| SagaError::Unavailable(e.to_string()))?;
+        let payments = &self.deps.payments;
+        let confirmed = match payments.confirm(&intent, payment_method, &key).await {
+            Ok(confirmed) => confirmed,
+            // No answer, or refused (e.g. already succeeded): the intent itself says where the
+            // money is, so the answer is never "unavailable" for a payment that went through.
+            Err(error) => {
+                if Instant::now() >= deadline {
+                    return Err(SagaError::Unavailable(format!(
+                        "the payment's outcome is not known yet ({error}); the order will show it"
+                    )));
+                }
+                match payments.retrieve(&intent).await {
+                    Ok(now) if now.status == IntentStatus::Succeeded => now,
+                    Ok(_) if !error.is_retryable() => return Err(refused(error)),
+                    _ => {
+                        return Err(SagaError::Unavailable(format!(
+                            "the payment's outcome is not known yet ({error}); the order will show it"
+                        )));
+                    }
+                }
+            }
+        };
         let status = if confirmed.declined() {
             "failed".to_owned()
         } else {
             confirmed.status.as_str().to_owned()
         };
         if confirmed.status != IntentStatus::Succeeded {
-            let _ = sqlx::query("UPDATE orders SET payment_status = $2, payment_error = $3 WHERE id = $1 AND status = 'pending'")
+            sqlx::query("UPDATE orders SET payment_status = $2, payment_error = $3 WHERE id = $1 AND status = 'pending'")
                 .bind(self.order_id)
                 .bind(&status)
                 .bind(&confirmed.last_payment_error)
                 .execute(db)
-                .await;
+                .await?;
         }
         Ok(PaymentAttempt {
             status,
             error: confirmed.last_payment_error,
         })
     }
+}
+
+fn refused(error: PaymentError) -> SagaError {
+    SagaError::Unavailable(error.to_string())
 }
 
 impl ShopActor for OrderSaga {
@@ -473,7 +733,7 @@ impl ShopActor for OrderSaga {
         };
         // A resumed saga (the order exists) picks its deadline up again.
         if let Some(order) = snapshot(&state.deps.db, state.order_id).await?
-            && OrderStatus::parse(&order.status) == OrderStatus::Pending
+            && order.status()? == OrderStatus::Pending
         {
             state.schedule_expiry(order.expires_at);
         }
@@ -489,51 +749,30 @@ impl ShopActor for OrderSaga {
         match message {
             SagaMsg::Begin(checkout, reply) => {
                 let result = state.begin(*checkout).await;
-                let failed = result.is_err();
+                // The caller may have given up: the order (or nothing) stands either way, and a
+                // retried checkout finds it.
                 let _ = reply.send(result);
-                if failed {
-                    state.done();
-                }
             }
+            // An effect that could not be committed fails the saga: its supervisor resumes it
+            // and the router hands the still unprocessed event over again.
             SagaMsg::Payment(event) => state.on_payment(event).await?,
             SagaMsg::Pay {
                 payment_method,
+                deadline,
                 reply,
             } => {
-                let _ = reply.send(state.pay(&payment_method).await);
+                let _ = reply.send(state.pay(&payment_method, deadline).await);
             }
             SagaMsg::Cancel {
                 actor,
                 reason,
                 reply,
             } => {
-                let answer = if state.cancel(OrderStatus::Pending, actor, &reason).await {
-                    state.done();
-                    Ok(())
-                } else {
-                    let status = store::status_of(&state.deps.db, state.order_id)
-                        .await
-                        .ok()
-                        .flatten()
-                        .unwrap_or(OrderStatus::Cancelled);
-                    Err(SagaError::NotPending(status))
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(state.cancel(actor, &reason).await);
             }
-            SagaMsg::Expire => {
-                if state
-                    .cancel(OrderStatus::Pending, "system", "reservation expired")
-                    .await
-                {
-                    metrics::counter!("orders_expired_total").increment(1);
-                }
-                if let Ok(Some(status)) = store::status_of(&state.deps.db, state.order_id).await
-                    && status.is_final()
-                {
-                    state.done();
-                }
-            }
+            SagaMsg::Expire => state.expire().await?,
         }
+        state.stop_if_settled().await?;
         Ok(())
     }
 }

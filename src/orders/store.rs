@@ -17,6 +17,7 @@ struct OrderRow {
     subtotal: i64,
     discount_total: i64,
     total: i64,
+    refunded_amount: i64,
     currency: String,
     shipping_address: sqlx::types::Json<ShippingAddress>,
     expires_at: DateTime<Utc>,
@@ -30,21 +31,22 @@ struct OrderRow {
 }
 
 const ORDER_COLUMNS: &str =
-    "id, number, user_id, status, subtotal, discount_total, total, currency,
+    "id, number, user_id, status, subtotal, discount_total, total, refunded_amount, currency,
     shipping_address, expires_at, payment_provider, payment_intent_id, payment_client_secret,
     payment_status, payment_error, created_at, updated_at";
 
 impl OrderRow {
-    fn into_order(self, items: Vec<OrderItem>) -> Order {
-        Order {
+    fn into_order(self, items: Vec<OrderItem>) -> Result<Order, sqlx::Error> {
+        Ok(Order {
             id: self.id,
             number: self.number,
             user_id: self.user_id,
-            status: OrderStatus::parse(&self.status),
+            status: OrderStatus::decode(&self.status)?,
             items,
             subtotal: self.subtotal,
             discount_total: self.discount_total,
             total: self.total,
+            refunded_amount: self.refunded_amount,
             currency: self.currency,
             shipping_address: self.shipping_address.0,
             payment: Payment {
@@ -58,7 +60,7 @@ impl OrderRow {
             status_history: None,
             created_at: self.created_at,
             updated_at: self.updated_at,
-        }
+        })
     }
 }
 
@@ -107,13 +109,12 @@ async fn items_of(
 async fn with_items(db: &PgPool, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let mut items = items_of(db, &ids).await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|row| {
             let lines = items.remove(&row.id).unwrap_or_default();
             row.into_order(lines)
         })
-        .collect())
+        .collect()
 }
 
 /// The full order with its history.
@@ -137,13 +138,15 @@ pub async fn find(db: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     order.status_history = Some(
         history
             .into_iter()
-            .map(|(from, to, at, reason)| StatusChange {
-                from: from.as_deref().map(OrderStatus::parse),
-                to: OrderStatus::parse(&to),
-                at,
-                reason,
+            .map(|(from, to, at, reason)| {
+                Ok(StatusChange {
+                    from: from.as_deref().map(OrderStatus::decode).transpose()?,
+                    to: OrderStatus::decode(&to)?,
+                    at,
+                    reason,
+                })
             })
-            .collect(),
+            .collect::<Result<_, sqlx::Error>>()?,
     );
     Ok(Some(order))
 }
@@ -200,13 +203,20 @@ pub struct NewLine {
     pub quantity: i32,
 }
 
-/// Writes a new pending order, its lines and its first history row.
-pub async fn insert(tx: &mut PgConnection, order: &NewOrder) -> Result<String, sqlx::Error> {
+/// Writes a new pending order awaiting the payment of `intent`, its lines and its first history
+/// row. `reserved_units`: what the inventory holds for it.
+pub async fn insert(
+    tx: &mut PgConnection,
+    order: &NewOrder,
+    intent: &crate::payments::PaymentIntent,
+    reserved_units: i32,
+) -> Result<String, sqlx::Error> {
     let number: String = sqlx::query_scalar(
         "INSERT INTO orders (id, number, user_id, subtotal, discount_total, total, currency,
-                             shipping_address, expires_at, payment_provider)
+                             shipping_address, expires_at, payment_provider, payment_intent_id,
+                             payment_client_secret, payment_status, reserved_units, saga_step)
          VALUES ($1, 'SO-' || to_char(now(), 'YYMMDD') || '-' || nextval('order_number_seq'),
-                 $2, $3, $4, $5, $6, $7, $8, $9)
+                 $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'awaiting_payment')
          RETURNING number",
     )
     .bind(order.id)
@@ -218,6 +228,10 @@ pub async fn insert(tx: &mut PgConnection, order: &NewOrder) -> Result<String, s
     .bind(sqlx::types::Json(&order.shipping_address))
     .bind(order.expires_at)
     .bind(&order.payment_provider)
+    .bind(&intent.id)
+    .bind(&intent.client_secret)
+    .bind(intent.status.as_str())
+    .bind(reserved_units)
     .fetch_one(&mut *tx)
     .await?;
     for line in &order.lines {
@@ -274,8 +288,20 @@ pub async fn record_history(
     Ok(())
 }
 
-/// Moves an order from `from` to `to` if it is still in `from` (a compare-and-set: of two
-/// concurrent moves one wins), with a history row. Returns whether it moved.
+/// Why [`transition`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("an order cannot go from {} to {}", .from.as_str(), .to.as_str())]
+    Illegal { from: OrderStatus, to: OrderStatus },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The one way an order changes status. Refuses a move the workflow does not allow
+/// ([`OrderStatus::can_become`]); otherwise moves the order from `from` to `to` if it is still in
+/// `from` (a compare-and-set: of two concurrent moves one wins), and in the same transaction
+/// writes the history row, the customer's email for `to` through the outbox, and `saga_step =
+/// 'done'` once the order is final. `Ok(false)`: the order was no longer in `from`.
 pub async fn transition(
     tx: &mut PgConnection,
     order: Uuid,
@@ -283,19 +309,70 @@ pub async fn transition(
     to: OrderStatus,
     actor: &str,
     reason: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    let moved = sqlx::query("UPDATE orders SET status = $3 WHERE id = $1 AND status = $2")
-        .bind(order)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .execute(&mut *tx)
-        .await?;
-    if moved.rows_affected() == 1 {
-        record_history(&mut *tx, order, Some(from), to, actor, reason).await?;
-        Ok(true)
-    } else {
-        Ok(false)
+) -> Result<bool, TransitionError> {
+    if !from.can_become(to) {
+        return Err(TransitionError::Illegal { from, to });
     }
+    let moved = sqlx::query(
+        "UPDATE orders SET status = $3,
+                saga_step = CASE WHEN $3 = 'pending' THEN saga_step ELSE 'done' END
+         WHERE id = $1 AND status = $2",
+    )
+    .bind(order)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .execute(&mut *tx)
+    .await?;
+    if moved.rows_affected() != 1 {
+        return Ok(false);
+    }
+    record_history(&mut *tx, order, Some(from), to, actor, reason).await?;
+    if let Some(email) = to.email() {
+        super::notify::order_changed(&mut *tx, order, email).await?;
+    }
+    Ok(true)
+}
+
+/// Raises the order's `refunded_amount` to `at_least` (the provider's running total for the
+/// charge, from a `charge.refunded` event) or to what its settled refunds add up to, whichever is
+/// more: the event and the refund worker may both report one refund, and neither adds, both raise.
+/// An order refunded in full becomes `refunded` where the workflow allows it (from paid or
+/// delivered); a partial refund, or a full one of a shipped or cancelled order, leaves the
+/// status as it is and shows in `refunded_amount`.
+pub async fn record_refunded(
+    tx: &mut PgConnection,
+    order: Uuid,
+    at_least: i64,
+) -> Result<(), TransitionError> {
+    let row: Option<(String, i64, i64)> = sqlx::query_as(
+        "UPDATE orders SET refunded_amount = GREATEST(refunded_amount, $2,
+                (SELECT coalesce(sum(amount), 0)::bigint FROM refunds
+                 WHERE order_id = $1 AND status = 'succeeded'))
+         WHERE id = $1 RETURNING status, refunded_amount, total",
+    )
+    .bind(order)
+    .bind(at_least)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, refunded, total)) = row else {
+        return Ok(());
+    };
+    let status = OrderStatus::decode(&status)?;
+    if refunded >= total && status.can_become(OrderStatus::Refunded) {
+        transition(
+            tx,
+            order,
+            status,
+            OrderStatus::Refunded,
+            "system",
+            Some("refunded in full"),
+        )
+        .await?;
+    } else if refunded >= total && status != OrderStatus::Refunded {
+        tracing::warn!(%order, status = status.as_str(), refunded, total,
+            "order refunded in full but its status cannot become refunded; it keeps its status");
+    }
+    Ok(())
 }
 
 pub async fn status_of(
@@ -306,7 +383,7 @@ pub async fn status_of(
         .bind(order)
         .fetch_optional(db)
         .await?;
-    Ok(status.as_deref().map(OrderStatus::parse))
+    status.as_deref().map(OrderStatus::decode).transpose()
 }
 
 pub async fn owner_of(db: &PgPool, order: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
@@ -314,6 +391,37 @@ pub async fn owner_of(db: &PgPool, order: Uuid) -> Result<Option<Uuid>, sqlx::Er
         .bind(order)
         .fetch_optional(db)
         .await
+}
+
+/// The order's status, its row locked until the transaction ends.
+pub async fn status_for_update(
+    tx: &mut PgConnection,
+    order: Uuid,
+) -> Result<Option<OrderStatus>, sqlx::Error> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(order)
+            .fetch_optional(tx)
+            .await?;
+    status.as_deref().map(OrderStatus::decode).transpose()
+}
+
+/// How recent a pending order must be for a checkout of an empty cart to be taken as a retry of
+/// the checkout that made it.
+const RETRY_WINDOW_SECS: i64 = 120;
+
+/// The user's pending order made in the last two minutes, if any: what a checkout retried after
+/// its answer was lost made (its cart is empty now).
+pub async fn just_checked_out(db: &PgPool, user: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders
+         WHERE user_id = $1 AND status = 'pending' AND created_at > now() - make_interval(secs => $2)
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(user)
+    .bind(RETRY_WINDOW_SECS as f64)
+    .fetch_optional(db)
+    .await
 }
 
 /// Orders whose saga must run: not final yet.

@@ -1,8 +1,11 @@
 //! The order supervisor: spawns an order saga per order in flight, routes payment events and
 //! commands to it (spawning it from PostgreSQL if it is asleep), resumes every unfinished order
-//! at boot, and restarts a saga that fails.
+//! at boot and on a timer (so a saga that failed, or whose restart failed, is back within
+//! `checkout.sweep_interval_secs`), and restarts a saga that fails. A saga stops itself once its
+//! order is final, so the sagas alive are the orders still pending (plus those handling a late
+//! event for a moment).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{ActorProcessingErr, RpcReplyPort, SupervisionEvent};
 use shop_actors::keyed::{Exit, KeyedChildren};
@@ -22,6 +25,7 @@ pub enum OrderSupervisorMsg {
     Pay {
         order: Uuid,
         payment_method: String,
+        deadline: Instant,
         reply: RpcReplyPort<Result<PaymentAttempt, SagaError>>,
     },
     Cancel {
@@ -32,12 +36,15 @@ pub enum OrderSupervisorMsg {
     },
     /// Sagas alive (tests and metrics).
     Running(RpcReplyPort<usize>),
+    /// Give every pending order without a saga one (the supervisor's own timer).
+    Sweep,
 }
 
 #[derive(Clone)]
 pub struct SupervisorArgs {
     pub prefix: String,
     pub deps: SagaDeps,
+    pub sweep_interval: Duration,
 }
 
 pub struct SupervisorState {
@@ -83,11 +90,19 @@ pub struct Orders {
 }
 
 impl Orders {
-    pub fn new(prefix: &str, deps: SagaDeps, timeout: Duration) -> (Self, ChildSpec) {
+    /// `timeout`: how long a caller waits for a saga (`checkout.call_timeout_secs`); sagas
+    /// stop starting new steps [`SAGA_MARGIN`](crate::config::SAGA_MARGIN) earlier.
+    pub fn new(
+        prefix: &str,
+        deps: SagaDeps,
+        timeout: Duration,
+        sweep_interval: Duration,
+    ) -> (Self, ChildSpec) {
         let slot = Slot::empty(OrderSupervisor::KIND_NAME);
         let args = SupervisorArgs {
             prefix: prefix.to_owned(),
             deps,
+            sweep_interval,
         };
         let spec = ChildSpec::new(format!("{prefix}orders"), slot.clone(), move || {
             (OrderSupervisor, args.clone())
@@ -97,6 +112,11 @@ impl Orders {
 
     pub fn slot(&self) -> Slot<OrderSupervisorMsg> {
         self.slot.clone()
+    }
+
+    /// When a saga answering a call made now must have decided by.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout.saturating_sub(crate::config::SAGA_MARGIN)
     }
 
     pub async fn checkout(&self, checkout: Checkout) -> Result<Uuid, CheckoutError> {
@@ -125,6 +145,7 @@ impl Orders {
                 |reply| OrderSupervisorMsg::Pay {
                     order,
                     payment_method,
+                    deadline: self.deadline(),
                     reply,
                 },
                 self.timeout,
@@ -163,18 +184,24 @@ impl Orders {
     }
 }
 
-/// Forwards a call's answer to the caller without making the supervisor wait for the saga.
+/// Forwards a call's answer to the caller without making the supervisor wait for the saga. It
+/// waits no longer than the caller does (the reply port's own timeout): an answer nobody waits
+/// for is dropped, and what the saga did stands either way.
 fn forward<R: Send + 'static>(
     saga: Mailbox<SagaMsg>,
     build: impl FnOnce(RpcReplyPort<R>) -> SagaMsg + Send + 'static,
     reply: RpcReplyPort<R>,
     unavailable: impl FnOnce(ActorError) -> R + Send + 'static,
 ) {
+    let wait = reply.get_timeout().unwrap_or(FORWARD_TIMEOUT);
     tokio::spawn(async move {
-        let answer = saga.call(build, Duration::from_secs(60)).await;
+        let answer = saga.call(build, wait).await;
         let _ = reply.send(answer.unwrap_or_else(unavailable));
     });
 }
+
+/// For a reply port without a timeout of its own (casts made into calls by tests).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ShopActor for OrderSupervisor {
     const KIND: &'static str = Self::KIND_NAME;
@@ -195,6 +222,7 @@ impl ShopActor for OrderSupervisor {
         for order in store::unfinished(&state.args.deps.db).await? {
             state.saga(&myself, order).await?;
         }
+        myself.cast_every(state.args.sweep_interval, || OrderSupervisorMsg::Sweep);
         Ok(state)
     }
 
@@ -218,23 +246,27 @@ impl ShopActor for OrderSupervisor {
                     }
                 }
             }
-            OrderSupervisorMsg::Payment(event) => match state.saga(&myself, event.order_id).await {
-                Ok(saga) => {
-                    let _ = saga.cast(SagaMsg::Payment(event));
+            OrderSupervisorMsg::Payment(event) => {
+                let delivered = match state.saga(&myself, event.order_id).await {
+                    Ok(saga) => saga.cast(SagaMsg::Payment(event)),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = delivered {
+                    // Stored unprocessed: the payment router hands it over again.
+                    tracing::warn!(%error, "no saga for a payment event now; it is redelivered later");
                 }
-                Err(error) => {
-                    tracing::error!(%error, "no saga for a payment event; it stays unprocessed")
-                }
-            },
+            }
             OrderSupervisorMsg::Pay {
                 order,
                 payment_method,
+                deadline,
                 reply,
             } => match state.saga(&myself, order).await {
                 Ok(saga) => forward(
                     saga,
                     move |r| SagaMsg::Pay {
                         payment_method,
+                        deadline,
                         reply: r,
                     },
                     reply,
@@ -267,6 +299,20 @@ impl ShopActor for OrderSupervisor {
             OrderSupervisorMsg::Running(reply) => {
                 let _ = reply.send(state.sagas.len());
             }
+            OrderSupervisorMsg::Sweep => match store::unfinished(&state.args.deps.db).await {
+                Ok(pending) => {
+                    for order in pending {
+                        if state.sagas.running(&order).is_none()
+                            && let Err(error) = state.saga(&myself, order).await
+                        {
+                            tracing::error!(%order, %error, "a pending order's saga did not start; the next sweep tries again");
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "listing pending orders failed; the next sweep tries again")
+                }
+            },
         }
         Ok(())
     }
@@ -282,11 +328,19 @@ impl ShopActor for OrderSupervisor {
         };
         if exit == Exit::Failed {
             metrics::counter!("actor_restarts_total", "kind" => OrderSaga::KIND_NAME).increment(1);
-            if matches!(
-                store::status_of(&state.args.deps.db, order).await,
-                Ok(Some(super::OrderStatus::Pending))
-            ) {
-                state.saga(&myself, order).await?;
+            // A restart that fails (the database briefly away) is not the supervisor's failure:
+            // the sweep starts the saga again.
+            let restarted = match store::status_of(&state.args.deps.db, order).await {
+                Ok(Some(super::OrderStatus::Pending)) => state
+                    .saga(&myself, order)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.to_string()),
+            };
+            if let Err(error) = restarted {
+                tracing::error!(%order, %error, "restarting an order saga failed; the sweep retries");
             }
         }
         Ok(())

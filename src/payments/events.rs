@@ -327,14 +327,24 @@ struct UnprocessedRow {
 
 /// Every routed event not yet marked processed, oldest first: what the saga has not acted on.
 pub async fn unprocessed_events(db: &PgPool) -> Result<Vec<PaymentEvent>, sqlx::Error> {
+    unprocessed_events_older_than(db, chrono::Duration::zero()).await
+}
+
+/// The unprocessed events received more than `age` ago, oldest first.
+pub async fn unprocessed_events_older_than(
+    db: &PgPool,
+    age: chrono::Duration,
+) -> Result<Vec<PaymentEvent>, sqlx::Error> {
     let rows: Vec<UnprocessedRow> = sqlx::query_as(
         r#"
         SELECT id, provider, order_id, payload
         FROM stripe_events
-        WHERE processed_at IS NULL
+        WHERE processed_at IS NULL AND received_at <= now() - $1::interval
         ORDER BY received_at, id
+        LIMIT 1000
         "#,
     )
+    .bind(age)
     .fetch_all(db)
     .await?;
     Ok(rows

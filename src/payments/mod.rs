@@ -15,6 +15,7 @@
 //!   webhook or from the simulated provider alike.
 
 pub mod events;
+pub mod refunds;
 pub mod router;
 pub mod signature;
 mod simulated;

@@ -5,8 +5,10 @@
 //!   router runs and kept across its restarts: the subscriber list lives in the handle, not in
 //!   the actor's state.
 //! - An event nobody acts on is not lost: it stays in `stripe_events` with `processed_at NULL`
-//!   until the saga marks it ([`super::events::mark_processed`]). The router replays such events
-//!   to a new subscriber and to every subscriber when it (re)starts.
+//!   until the saga marks it ([`super::events::mark_processed`]) in the transaction that commits
+//!   its effect. The router replays such events to a new subscriber, to every subscriber when it
+//!   (re)starts, and on a timer: an event still unprocessed one interval after it was received
+//!   (its saga stopped, crashed, or was restarted with the event queued) is handed over again.
 //! - Forwarding never waits on a subscriber: a [`PaymentEventSink`] hands the event to a mailbox.
 //!   Replays overlap live deliveries at the edges, so a subscriber may see an event twice across
 //!   a restart; the saga acts on events as triggers and only moves forward.
@@ -15,6 +17,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use shop_actors::ractor::ActorProcessingErr;
 use shop_actors::{ActorError, ChildSpec, Mailbox, ShopActor, Slot};
@@ -63,6 +66,9 @@ pub enum PaymentRouterMsg {
     Deliver(PaymentEvent),
     /// Forward every unprocessed event to one subscriber (`None`: to all).
     Replay(Option<SubscriptionId>),
+    /// Forward again, to everyone, every event still unprocessed one interval after it was
+    /// received (the router's own timer).
+    Redeliver,
 }
 
 impl fmt::Debug for PaymentRouterMsg {
@@ -70,6 +76,7 @@ impl fmt::Debug for PaymentRouterMsg {
         match self {
             Self::Deliver(event) => write!(f, "Deliver({})", event.event_id),
             Self::Replay(to) => write!(f, "Replay({to:?})"),
+            Self::Redeliver => f.write_str("Redeliver"),
         }
     }
 }
@@ -100,8 +107,8 @@ impl PaymentRouter {
     }
 
     /// The root supervisor's child spec: registered as `name`, reading unprocessed events from
-    /// `db`.
-    pub fn child_spec(&self, name: String, db: PgPool) -> ChildSpec {
+    /// `db`, redelivering those still unprocessed every `redeliver_every`.
+    pub fn child_spec(&self, name: String, db: PgPool, redeliver_every: Duration) -> ChildSpec {
         let subscribers = self.subscribers.clone();
         ChildSpec::new::<RouterActor, _>(name, self.slot.clone(), move || {
             (
@@ -109,6 +116,7 @@ impl PaymentRouter {
                 RouterArgs {
                     db: db.clone(),
                     subscribers: subscribers.clone(),
+                    redeliver_every,
                 },
             )
         })
@@ -152,6 +160,7 @@ pub struct RouterActor;
 pub struct RouterArgs {
     db: PgPool,
     subscribers: Subscribers,
+    redeliver_every: Duration,
 }
 
 /// How many (subscriber, event) pairs the router remembers having forwarded, so that a replay
@@ -161,6 +170,7 @@ const REMEMBERED: usize = 4096;
 pub struct RouterState {
     db: PgPool,
     subscribers: Subscribers,
+    redeliver_every: Duration,
     forwarded: HashSet<(SubscriptionId, String)>,
     order: VecDeque<(SubscriptionId, String)>,
 }
@@ -203,6 +213,26 @@ impl RouterState {
         }
     }
 
+    /// Events unprocessed for longer than an interval were forwarded and not acted on: forget
+    /// having forwarded them, and forward them again.
+    async fn redeliver(&mut self) {
+        if self.sinks(None).is_empty() {
+            return;
+        }
+        let stale = chrono::Duration::from_std(self.redeliver_every).unwrap_or_default();
+        match events::unprocessed_events_older_than(&self.db, stale).await {
+            Ok(stale) => {
+                for event in &stale {
+                    self.forwarded.retain(|(_, id)| *id != event.event_id);
+                    metrics::counter!("payment_events_redelivered_total").increment(1);
+                    self.forward(event, None);
+                }
+            }
+            // Still stored; the next tick finds them.
+            Err(error) => tracing::error!(%error, "payment events could not be redelivered"),
+        }
+    }
+
     async fn replay(&mut self, only: Option<SubscriptionId>) {
         if self.sinks(only).is_empty() {
             return;
@@ -233,9 +263,11 @@ impl ShopActor for RouterActor {
         // Replayed once running rather than here, so that a slow database does not hold up the
         // start of the tree.
         myself.cast(PaymentRouterMsg::Replay(None))?;
+        myself.cast_every(args.redeliver_every, || PaymentRouterMsg::Redeliver);
         Ok(RouterState {
             db: args.db,
             subscribers: args.subscribers,
+            redeliver_every: args.redeliver_every,
             forwarded: HashSet::new(),
             order: VecDeque::new(),
         })
@@ -254,6 +286,7 @@ impl ShopActor for RouterActor {
                 state.forward(&event, None);
             }
             PaymentRouterMsg::Replay(only) => state.replay(only).await,
+            PaymentRouterMsg::Redeliver => state.redeliver().await,
         }
         Ok(())
     }

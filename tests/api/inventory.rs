@@ -53,7 +53,7 @@ async fn a_flash_sale_of_500_buyers_for_50_units_sells_exactly_50() {
         async move { inventory.reserve(Uuid::new_v4(), &one(hot, 1), TTL).await }
     });
     let results = join_all(attempts.map(tokio::spawn)).await;
-    let granted = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+    let granted = results.iter().filter(|r| matches!(r, Ok(Ok(1)))).count();
     let refused = results
         .iter()
         .filter(|r| matches!(r, Ok(Err(InventoryError::Short(_)))))
@@ -104,7 +104,7 @@ async fn multi_line_orders_are_all_or_nothing_and_refused_ones_hold_nothing() {
             (owner, inventory.reserve(owner, &lines, TTL).await)
         })
     });
-    let results: Vec<(Uuid, Result<(), InventoryError>)> = join_all(attempts)
+    let results: Vec<(Uuid, Result<i32, InventoryError>)> = join_all(attempts)
         .await
         .into_iter()
         .map(Result::unwrap)
@@ -193,8 +193,8 @@ async fn commit_sells_release_returns_and_everything_is_conserved() {
     assert_eq!(inventory(&app).commit(buyer).await.unwrap(), 5);
     assert_eq!(
         inventory(&app).commit(buyer).await.unwrap(),
-        0,
-        "commit is idempotent"
+        5,
+        "a repeated commit sells nothing more and answers what the buyer has sold"
     );
     assert_eq!(inventory(&app).release(canceller).await.unwrap(), 4);
     assert_eq!(
@@ -207,6 +207,14 @@ async fn commit_sells_release_returns_and_everything_is_conserved() {
     let available = inventory(&app).available(&[item]).await.unwrap()[&item];
     // Conservation: what was received = available + held + sold.
     assert_eq!(available + held + sold, 20);
+    assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+
+    // A sale undone (an order cancelled after its commit) returns to the shelf, once.
+    assert_eq!(inventory(&app).restock(buyer).await.unwrap(), 5);
+    assert_eq!(inventory(&app).restock(buyer).await.unwrap(), 0);
+    assert_eq!(inventory(&app).commit(buyer).await.unwrap(), 0);
+    assert_eq!(ledger(&app, item).await, (20, 3, 0));
+    assert_eq!(inventory(&app).available(&[item]).await.unwrap()[&item], 17);
     assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
 }
 

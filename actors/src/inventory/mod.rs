@@ -216,13 +216,14 @@ impl Inventory {
 
     /// Holds `demand` for `owner` until `ttl` has passed, all or nothing: shards are asked in
     /// order; if any line is short, what was granted is released and every short line is
-    /// reported.
+    /// reported. Answers the units held, bundles counted as their components (what a full
+    /// [`commit`](Self::commit) answers).
     pub async fn reserve(
         &self,
         owner: Uuid,
         demand: &[Demand],
         ttl: Duration,
-    ) -> Result<(), InventoryError> {
+    ) -> Result<i32, InventoryError> {
         let demand = self.expand(demand).await?;
         let expires_at = Utc::now()
             + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::minutes(15));
@@ -274,7 +275,7 @@ impl Inventory {
             }
         }
         if shortages.is_empty() {
-            Ok(())
+            Ok(demand.iter().map(|d| d.quantity).sum())
         } else {
             self.release_from(owner, &granted).await;
             Err(InventoryError::Short(shortages))
@@ -305,17 +306,45 @@ impl Inventory {
         Ok(released)
     }
 
-    /// Turns `owner`'s holds into sales: stock on hand goes down in the same transaction.
-    /// Returns the units committed (0 when the holds had expired or were released).
+    /// Turns `owner`'s holds into sales: stock on hand goes down in the same transaction. Asks
+    /// every shard, even after one failed, and answers the units `owner` has sold in all (an
+    /// earlier commit's included), so the call can be repeated until it succeeds. Fewer units
+    /// than the order has means some holds were gone (expired or released) before the commit.
     pub async fn commit(&self, owner: Uuid) -> Result<i32, InventoryError> {
-        let mut committed = 0;
+        self.on_every_shard(|reply| ShardMsg::Commit { owner, reply })
+            .await
+    }
+
+    /// Returns what `owner` sold to the shelf (idempotent): for an order that is cancelled after
+    /// part of its stock was committed. Answers the units returned by this call.
+    pub async fn restock(&self, owner: Uuid) -> Result<i32, InventoryError> {
+        self.on_every_shard(|reply| ShardMsg::Restock { owner, reply })
+            .await
+    }
+
+    /// Sends one message to every shard and sums the answers; the first error after all were
+    /// asked.
+    async fn on_every_shard(
+        &self,
+        build: impl Fn(ractor::RpcReplyPort<Result<i32, InventoryError>>) -> ShardMsg,
+    ) -> Result<i32, InventoryError> {
+        let mut total = 0;
+        let mut failure = None;
         for slot in &self.shards {
-            committed += slot
-                .get()?
-                .call(|reply| ShardMsg::Commit { owner, reply }, self.timeout)
-                .await??;
+            let answer = match slot.get() {
+                Ok(shard) => shard.call(&build, self.timeout).await,
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(Ok(units)) => total += units,
+                Ok(Err(error)) => failure = failure.or(Some(error)),
+                Err(error) => failure = failure.or(Some(error.into())),
+            }
         }
-        Ok(committed)
+        match failure {
+            None => Ok(total),
+            Some(error) => Err(error),
+        }
     }
 
     /// Sets the units on hand of a variant (admin stock edits), refusing to go below what pending

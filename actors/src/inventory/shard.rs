@@ -29,7 +29,14 @@ pub enum ShardMsg {
     },
     /// Persist the reservations decided since the last flush, then answer their callers.
     Flush,
+    /// Sells `owner`'s holds; answers the units `owner` has sold on this shard, those sold by an
+    /// earlier commit included, so that a repeated commit answers the same.
     Commit {
+        owner: Uuid,
+        reply: RpcReplyPort<Result<i32, InventoryError>>,
+    },
+    /// Returns `owner`'s sold units on this shard to the shelf; answers the units returned.
+    Restock {
         owner: Uuid,
         reply: RpcReplyPort<Result<i32, InventoryError>>,
     },
@@ -205,6 +212,61 @@ impl ShardState {
         Ok(())
     }
 
+    /// Commits `owner`'s holds. With none in memory, the owner's earlier sales on this shard
+    /// are read back: holds are committed all at once, so an owner with holds here has sold
+    /// nothing here yet, and one without has sold whatever the table says.
+    async fn commit(&mut self, owner: Uuid) -> Result<i32, InventoryError> {
+        let variants: Vec<Uuid> = self
+            .holds
+            .get(&owner)
+            .map(|holds| holds.iter().map(|(v, _, _)| *v).collect())
+            .unwrap_or_default();
+        if variants.is_empty() {
+            return Ok(self.mine(store::committed(&self.db, owner).await?));
+        }
+        let sold = store::commit(&self.db, owner, &variants).await?;
+        let mut units = 0;
+        for (variant, quantity) in sold {
+            units += quantity;
+            if let Some(stock) = self.stock.get_mut(&variant) {
+                stock.on_hand -= quantity;
+                stock.held -= quantity;
+            }
+        }
+        self.holds.remove(&owner);
+        self.report();
+        Ok(units)
+    }
+
+    async fn restock(&mut self, owner: Uuid) -> Result<i32, InventoryError> {
+        let variants: Vec<Uuid> = store::committed(&self.db, owner)
+            .await?
+            .into_iter()
+            .map(|(variant, _)| variant)
+            .filter(|variant| shard_index(*variant, self.count) == self.index)
+            .collect();
+        if variants.is_empty() {
+            return Ok(0);
+        }
+        self.load(&variants).await?;
+        let mut units = 0;
+        for (variant, quantity) in store::restock(&self.db, owner, &variants).await? {
+            units += quantity;
+            if let Some(stock) = self.stock.get_mut(&variant) {
+                stock.on_hand += quantity;
+            }
+        }
+        Ok(units)
+    }
+
+    /// The units of `rows` whose variants this shard owns.
+    fn mine(&self, rows: Vec<(Uuid, i32)>) -> i32 {
+        rows.into_iter()
+            .filter(|(variant, _)| shard_index(*variant, self.count) == self.index)
+            .map(|(_, quantity)| quantity)
+            .sum()
+    }
+
     async fn release(
         &mut self,
         owners: &[Uuid],
@@ -338,32 +400,11 @@ impl ShopActor for InventoryShard {
             ShardMsg::Flush => state.flush().await,
             ShardMsg::Commit { owner, reply } => {
                 state.flush().await;
-                let variants: Vec<Uuid> = state
-                    .holds
-                    .get(&owner)
-                    .map(|holds| holds.iter().map(|(v, _, _)| *v).collect())
-                    .unwrap_or_default();
-                let answer = if variants.is_empty() {
-                    Ok(0)
-                } else {
-                    match store::commit(&state.db, owner, &variants).await {
-                        Ok(sold) => {
-                            let mut units = 0;
-                            for (variant, quantity) in sold {
-                                units += quantity;
-                                if let Some(stock) = state.stock.get_mut(&variant) {
-                                    stock.on_hand -= quantity;
-                                    stock.held -= quantity;
-                                }
-                            }
-                            state.holds.remove(&owner);
-                            state.report();
-                            Ok(units)
-                        }
-                        Err(error) => Err(error.into()),
-                    }
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(state.commit(owner).await);
+            }
+            ShardMsg::Restock { owner, reply } => {
+                state.flush().await;
+                let _ = reply.send(state.restock(owner).await);
             }
             ShardMsg::Release { owner, reply } => {
                 state.flush().await;

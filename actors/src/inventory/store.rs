@@ -145,3 +145,47 @@ pub async fn set_on_hand(db: &PgPool, variant: Uuid, on_hand: i32) -> Result<(),
         .await?;
     Ok(())
 }
+
+/// `owner`'s committed (sold) units, per variant: what a repeated commit answers.
+pub async fn committed(db: &PgPool, owner: Uuid) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT variant_id, quantity FROM stock_reservations
+         WHERE owner_id = $1 AND status = 'committed'",
+    )
+    .bind(owner)
+    .fetch_all(db)
+    .await
+}
+
+/// Puts `owner`'s sold units on `variants` back on the shelf (an order that lost part of its
+/// stock is cancelled and refunded: what it did sell returns), in one transaction.
+pub async fn restock(
+    db: &PgPool,
+    owner: Uuid,
+    variants: &[Uuid],
+) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let returned: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE stock_reservations SET status = 'released'
+         WHERE owner_id = $1 AND variant_id = ANY($2) AND status = 'committed'
+         RETURNING variant_id, quantity",
+    )
+    .bind(owner)
+    .bind(variants)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<Uuid> = returned.iter().map(|(v, _)| *v).collect();
+    let units: Vec<i32> = returned.iter().map(|(_, q)| *q).collect();
+    sqlx::query(
+        "UPDATE product_variants v SET stock = v.stock + s.units
+         FROM (SELECT variant_id, sum(units)::int AS units
+               FROM UNNEST($1::uuid[], $2::int[]) AS t(variant_id, units) GROUP BY variant_id) s
+         WHERE v.id = s.variant_id",
+    )
+    .bind(&ids)
+    .bind(&units)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(returned)
+}
