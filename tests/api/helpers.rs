@@ -298,6 +298,16 @@ impl TestApp {
             .expect("metrics text")
     }
 
+    /// Waits (at most `deadline`) for the server to end without being asked to, and says how it
+    /// ended: what `shop serve` would exit with.
+    pub async fn exited(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        let server = self.server.take().expect("the server is running");
+        tokio::time::timeout(deadline, server)
+            .await
+            .expect("the server ends in time")
+            .expect("server task")
+    }
+
     /// Stops the server the way SIGTERM would and waits for it.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
