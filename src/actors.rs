@@ -49,6 +49,7 @@ impl Actors {
         let restart = RestartPolicy {
             max_restarts: settings.actors.max_restarts,
             within: Duration::from_secs(settings.actors.restart_window_secs),
+            ..RestartPolicy::default()
         };
         let (inventory, inventory_spec) = Inventory::new(
             prefix,
@@ -141,6 +142,11 @@ impl Actors {
 
     pub fn is_running(&self) -> bool {
         self.system.is_running()
+    }
+
+    /// Resolves once the tree has stopped; an error when it stopped without being asked to.
+    pub async fn stopped(&self) -> Result<(), shop_actors::TreeStopped> {
+        self.system.stopped().await
     }
 
     pub async fn shutdown(&self) {

@@ -65,6 +65,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, gives in-flight requests up to
     /// `server.shutdown_grace_secs` to finish, stops the actor tree and closes the pool.
+    ///
+    /// An actor tree that stops on its own (the root gave up on a child that kept failing) shuts
+    /// the server down the same way and makes this return the error, so the process exits
+    /// non-zero and an orchestrator restarts it instead of leaving it unready for good.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -74,13 +78,22 @@ impl Application {
         let app = http::app(state.clone());
         let signalled = Arc::new(Notify::new());
         let notify = signalled.clone();
+        let actors = state.actors.clone();
         let serve = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            tokio::select! {
+                () = shutdown => {
+                    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+                }
+                stopped = actors.stopped() => {
+                    if let Err(error) = stopped {
+                        tracing::error!(%error, "shutting down: the actor tree has stopped");
+                    }
+                }
+            }
             notify.notify_one();
         });
         let deadline = async {
@@ -93,6 +106,10 @@ impl Application {
         }
         state.actors.shutdown().await;
         state.db.close().await;
+        if let Some(Err(error)) = state.actors.system().exit() {
+            tracing::error!(%error, "stopped because the actor tree failed");
+            return Err(error.into());
+        }
         tracing::info!("stopped");
         Ok(())
     }

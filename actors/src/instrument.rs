@@ -338,6 +338,15 @@ impl<M: Send + 'static> Slot<M> {
         *current = Some(mailbox);
     }
 
+    /// The actor is down (its supervisor is restarting it): callers get `Unavailable` at once.
+    pub fn clear(&self) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = None;
+    }
+
     pub fn get(&self) -> Result<Mailbox<M>, ActorError> {
         let current = self
             .current

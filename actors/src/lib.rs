@@ -11,7 +11,8 @@ pub mod root;
 
 pub use instrument::{ActorError, Envelope, Instrumented, Mailbox, ShopActor, Slot};
 pub use root::{
-    ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, RootMsg, Supervisor, SupervisorKind,
+    ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, RootMsg, Supervisor, SupervisorArgs,
+    SupervisorKind, TreeStopped,
 };
 
 /// Re-exported so that callers name ractor's types through one path.

@@ -7,13 +7,19 @@
 //! A watcher task wakes the actor on `NOTIFY outbox` (sent by the insert trigger at commit) and on
 //! a short poll, the backstop for a lost notification. When the broker is unreachable the relay
 //! backs off exponentially and leaves the rows where they are.
+//!
+//! Publishes are `mandatory`: a message no queue is bound for comes back (`basic.return`) before
+//! its confirm. The broker still acks it, but nobody will ever read it, so a returned row is not
+//! published: it stays in the outbox and is retried with the row's backoff until a binding exists
+//! (`outbox_returned_total` counts the returns).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use shop_actors::ractor::ActorProcessingErr;
 use shop_actors::{ActorError, Mailbox, ShopActor, Slot};
 use sqlx::PgPool;
@@ -214,18 +220,23 @@ impl RelayState {
         }
         let mut failure: Option<BrokerError> = None;
         let mut pending = Vec::with_capacity(rows.len());
+        // Mandatory: a message no queue is bound for comes back instead of being dropped.
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
         for row in &rows {
             match channel
                 .basic_publish(
                     topology.exchange.as_str().into(),
                     row.topic.as_str().into(),
-                    BasicPublishOptions::default(),
+                    options,
                     &serde_json::to_vec(&row.payload).unwrap_or_default(),
                     properties(row),
                 )
                 .await
             {
-                Ok(confirm) => pending.push((row.id, confirm)),
+                Ok(confirm) => pending.push((row, confirm)),
                 Err(error) => {
                     failure = Some(error.into());
                     break;
@@ -233,14 +244,16 @@ impl RelayState {
             }
         }
         let deadline = Instant::now() + topology.timeout;
-        let (mut confirmed, mut refused) = (Vec::new(), Vec::new());
-        for (id, confirm) in pending {
+        let (mut confirmed, mut refused, mut returned) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, confirm) in pending {
             if failure.is_some() {
                 break;
             }
             match tokio::time::timeout_at(deadline, confirm).await {
-                Ok(Ok(confirmation)) if confirmation.is_ack() => confirmed.push(id),
-                Ok(Ok(_)) => refused.push(id),
+                Ok(Ok(Confirmation::Ack(None))) => confirmed.push(row.id),
+                // Acked, but routed to no queue: as good as lost.
+                Ok(Ok(Confirmation::Ack(Some(message)))) => returned.push((row, message)),
+                Ok(Ok(_)) => refused.push(row.id),
                 Ok(Err(error)) => failure = Some(error.into()),
                 Err(_) => failure = Some(BrokerError::Timeout(topology.timeout)),
             }
@@ -252,8 +265,13 @@ impl RelayState {
             let retry_in = self.args.retry.backoff(1);
             outbox::mark_failed(&mut *tx, &refused, "nacked by the broker", retry_in).await?;
         }
+        for (row, message) in &returned {
+            self.postpone_returned(&mut tx, topology, row, message)
+                .await?;
+        }
         tx.commit().await?;
         metrics::counter!("outbox_published_total").increment(confirmed.len() as u64);
+        metrics::counter!("outbox_returned_total").increment(returned.len() as u64);
         if let Some(error) = failure {
             return Err(error.into());
         }
@@ -261,6 +279,35 @@ impl RelayState {
             return Err(BrokerError::Nacked(*id).into());
         }
         Ok(rows.len() as i64 >= self.args.batch_size)
+    }
+
+    /// Leaves a returned row unpublished, postponed by its own backoff (it may stay unroutable
+    /// until someone binds a queue, and must not hold up the rows behind it).
+    async fn postpone_returned(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        topology: &Topology,
+        row: &OutboxMessage,
+        message: &BasicReturnMessage,
+    ) -> Result<(), RelayError> {
+        let failures = row.attempts.unsigned_abs().saturating_add(1);
+        let retry_in = self.args.retry.backoff(failures);
+        tracing::error!(
+            id = %row.id,
+            topic = %row.topic,
+            exchange = %topology.exchange,
+            reply_code = message.reply_code,
+            reply_text = %message.reply_text,
+            attempt = failures,
+            ?retry_in,
+            "the broker returned an outbox message: no queue is bound for its topic"
+        );
+        let error = format!(
+            "returned by the broker: {} {}",
+            message.reply_code, message.reply_text
+        );
+        outbox::mark_failed(tx, &[row.id], &error, retry_in).await?;
+        Ok(())
     }
 
     async fn hand_over_batch(

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use shop::config::Settings;
@@ -17,7 +18,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     MailSink, TcpRelay, TestApp, amqp_server, amqp_url_via, eventually, metric_value,
-    quick_retries, use_rabbitmq_and_smtp,
+    quick_retries, use_rabbitmq, use_rabbitmq_and_smtp,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -386,6 +387,98 @@ async fn readiness_reports_an_unreachable_broker() {
     let body: Value = ready.json().await.unwrap();
     assert_ne!(body["checks"]["rabbitmq"], "ok", "{body}");
     relay.restore();
+    delete_topology(&app.state.settings).await;
+}
+
+/// (attempts, last error) of an outbox row.
+async fn attempts(app: &TestApp, id: Uuid) -> (i32, Option<String>) {
+    sqlx::query_as("SELECT attempts, last_error FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_unroutable_message_stays_unpublished_until_a_queue_is_bound_then_goes_out_once() {
+    let app = TestApp::spawn_with(
+        |settings| {
+            use_rabbitmq(settings, &amqp_server());
+            quick_retries(settings);
+        },
+        |_| Vec::new(),
+    )
+    .await;
+    let before = counter(&app.metrics().await, "outbox_returned_total");
+    // The email queue takes `order.*` only: nothing is bound for this topic.
+    let topic = "audit.recorded";
+    let id = app
+        .enqueue(topic, &json!({"note": "nobody listens yet"}))
+        .await;
+
+    // The broker returns it, and the relay keeps it and tries again.
+    eventually(DEADLINE, "the row to be returned twice", || async {
+        (attempts(&app, id).await.0 >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        !published_at_is_set(&app, id).await,
+        "an unroutable message was marked published"
+    );
+    let (_, error) = attempts(&app, id).await;
+    let error = error.expect("the return is recorded on the row");
+    assert!(error.contains("returned by the broker"), "{error}");
+    assert!(error.contains("NO_ROUTE"), "{error}");
+    let returned = counter(&app.metrics().await, "outbox_returned_total");
+    assert!(returned >= before + 2.0, "returns not counted: {returned}");
+
+    // Once a queue is bound for the topic, the row goes out, once.
+    let (connection, channel) = broker_channel().await;
+    let queue = format!("{}.audit", app.state.settings.amqp.exchange);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            app.state.settings.amqp.exchange.as_str().into(),
+            topic.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    eventually(DEADLINE, "the row to be published", || async {
+        published_at_is_set(&app, id).await.then_some(())
+    })
+    .await;
+    let delivered = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the message is in the bound queue");
+    assert_eq!(
+        delivered
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str()),
+        Some(id.to_string().as_str())
+    );
+    let again = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(again.is_none(), "the message went out twice");
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
     delete_topology(&app.state.settings).await;
 }
 

@@ -298,6 +298,16 @@ impl TestApp {
             .expect("metrics text")
     }
 
+    /// Waits (at most `deadline`) for the server to end without being asked to, and says how it
+    /// ended: what `shop serve` would exit with.
+    pub async fn exited(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        let server = self.server.take().expect("the server is running");
+        tokio::time::timeout(deadline, server)
+            .await
+            .expect("the server ends in time")
+            .expect("server task")
+    }
+
     /// Stops the server the way SIGTERM would and waits for it.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
@@ -388,19 +398,25 @@ pub fn amqp_url_via(address: &str) -> String {
 /// Points the app at RabbitMQ and the SMTP sink, with exchange and queue names of this test's own
 /// (so parallel tests never consume each other's messages) and quick retries.
 pub fn use_rabbitmq_and_smtp(settings: &mut Settings, amqp_address: &str, sink: &MailSink) {
-    use shop::config::{EmailBackend, JobsBackend};
+    use shop::config::EmailBackend;
+    use_rabbitmq(settings, amqp_address);
+    settings.email.backend = EmailBackend::Smtp;
+    settings.smtp.url = sink.smtp_url.clone().into();
+    settings.smtp.timeout_secs = 5;
+    quick_retries(settings);
+}
+
+/// Points the outbox at RabbitMQ with exchange and queue names of this test's own (emails keep
+/// the profile's backend).
+pub fn use_rabbitmq(settings: &mut Settings, amqp_address: &str) {
     let prefix = settings.actors.name_prefix.trim_end_matches('-').to_owned();
-    settings.jobs.backend = JobsBackend::Rabbitmq;
+    settings.jobs.backend = shop::config::JobsBackend::Rabbitmq;
     settings.amqp.url = amqp_url_via(amqp_address).into();
     settings.amqp.exchange = format!("{prefix}.events");
     settings.amqp.email_queue = format!("{prefix}.emails");
     settings.amqp.dead_letter_exchange = format!("{prefix}.dead-letter");
     settings.amqp.dead_letter_queue = format!("{prefix}.emails.dead-letter");
     settings.amqp.timeout_secs = 3;
-    settings.email.backend = EmailBackend::Smtp;
-    settings.smtp.url = sink.smtp_url.clone().into();
-    settings.smtp.timeout_secs = 5;
-    quick_retries(settings);
 }
 
 /// Retries and polls measured in milliseconds, so failure paths finish quickly.
