@@ -192,6 +192,8 @@ async fn with_retries<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>
             Ok(value) => return Ok(value),
             Err(error) if started.elapsed() + pause < budget => {
                 tracing::warn!(%error, retry_in = ?pause, "{what} failed; retrying");
+                metrics::counter!("order_saga_step_retries_total", "step" => what.to_owned())
+                    .increment(1);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }

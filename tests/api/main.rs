@@ -15,6 +15,7 @@ mod inventory;
 mod lifecycle;
 mod media;
 mod openapi;
+mod order_failures;
 mod orders;
 mod payments;
 mod platform;

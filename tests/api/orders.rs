@@ -11,17 +11,17 @@ use uuid::Uuid;
 
 use crate::helpers::{Session, TestApp, assert_problem, eventually};
 
-const SECRET_KEY: &str = "sk_test_shop_orders";
-const WEBHOOK_SECRET: &str = "whsec_shop_orders";
-const WEBHOOK: &str = "/api/v1/webhooks/stripe";
-const DEADLINE: Duration = Duration::from_secs(15);
+pub(crate) const SECRET_KEY: &str = "sk_test_shop_orders";
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_shop_orders";
+pub(crate) const WEBHOOK: &str = "/api/v1/webhooks/stripe";
+pub(crate) const DEADLINE: Duration = Duration::from_secs(15);
 
-fn address() -> Value {
+pub(crate) fn address() -> Value {
     json!({"shipping_address": {"name": "Ada Lovelace", "line1": "12 St James's Square",
         "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"}})
 }
 
-async fn stripe_app(
+pub(crate) async fn stripe_app(
     configure: impl FnOnce(&mut shop::config::Settings),
 ) -> (TestApp, StripeTestServer) {
     let stripe = StripeTestServer::start_with(ServerOptions::default())
@@ -46,7 +46,13 @@ async fn stripe_app(
     (app, stripe)
 }
 
-async fn variant(app: &TestApp, admin: &Session, sku: &str, price: i64, stock: i64) -> String {
+pub(crate) async fn variant(
+    app: &TestApp,
+    admin: &Session,
+    sku: &str,
+    price: i64,
+    stock: i64,
+) -> String {
     let product = app
         .created(
             &admin.access_token,
@@ -57,7 +63,7 @@ async fn variant(app: &TestApp, admin: &Session, sku: &str, price: i64, stock: i
     product["variants"][0]["id"].as_str().unwrap().to_owned()
 }
 
-async fn fill_cart(app: &TestApp, who: &Session, variant: &str, quantity: i64) {
+pub(crate) async fn fill_cart(app: &TestApp, who: &Session, variant: &str, quantity: i64) {
     let response = app
         .post_json_as(
             &who.access_token,
@@ -68,12 +74,12 @@ async fn fill_cart(app: &TestApp, who: &Session, variant: &str, quantity: i64) {
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 }
 
-async fn checkout(app: &TestApp, who: &Session) -> reqwest::Response {
+pub(crate) async fn checkout(app: &TestApp, who: &Session) -> reqwest::Response {
     app.post_json_as(&who.access_token, "/api/v1/orders", &address())
         .await
 }
 
-async fn order(app: &TestApp, who: &Session, id: &str) -> Value {
+pub(crate) async fn order(app: &TestApp, who: &Session, id: &str) -> Value {
     app.get_as(&who.access_token, &format!("/api/v1/orders/{id}"))
         .await
         .json()
@@ -81,7 +87,7 @@ async fn order(app: &TestApp, who: &Session, id: &str) -> Value {
         .unwrap()
 }
 
-async fn wait_status(app: &TestApp, who: &Session, id: &str, status: &str) -> Value {
+pub(crate) async fn wait_status(app: &TestApp, who: &Session, id: &str, status: &str) -> Value {
     eventually(DEADLINE, &format!("order {id} to be {status}"), || async {
         let body = order(app, who, id).await;
         (body["status"] == status).then_some(body)
@@ -90,7 +96,7 @@ async fn wait_status(app: &TestApp, who: &Session, id: &str, status: &str) -> Va
 }
 
 /// (on hand, held, sold) of a variant.
-async fn stock(app: &TestApp, variant: &str) -> (i32, i32, i32) {
+pub(crate) async fn stock(app: &TestApp, variant: &str) -> (i32, i32, i32) {
     app.stock_ledger(Uuid::parse_str(variant).unwrap()).await
 }
 

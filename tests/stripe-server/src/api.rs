@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::faults::FaultAction;
 use crate::fixtures::Fixtures;
 use crate::ledger::Effect;
 use crate::objects::new_id;
@@ -87,6 +88,26 @@ async fn handle(
         idempotency_key: idempotency_key.as_deref(),
     };
 
+    let fault = shared.state().take_fault(method.as_str(), uri.path());
+    if let Some(FaultAction::Fail(status)) = fault {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        shared.state().requests.push(RecordedRequest {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            api_key: api_key.clone(),
+            idempotency_key: idempotency_key.clone(),
+            stripe_version: header("stripe-version"),
+            params: params.pairs().to_vec(),
+            status: status.as_u16(),
+            replayed: false,
+            request_id: new_id("req"),
+        });
+        shared.notify_changed();
+        return injected_error(status);
+    }
+    if let Some(FaultAction::Delay(wait)) = fault {
+        tokio::time::sleep(wait).await;
+    }
     let reply = {
         let mut state = shared.state();
         let reply = state.serve(&shared.fixtures, &call);
@@ -104,6 +125,9 @@ async fn handle(
         reply
     };
     shared.notify_changed();
+    if fault == Some(FaultAction::LoseAnswer) {
+        return injected_error(StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     let mut response = (reply.status, Json(reply.body)).into_response();
     let response_headers = response.headers_mut();
@@ -124,6 +148,13 @@ async fn handle(
         set("original-request", original);
     }
     response
+}
+
+/// What an injected failure answers: Stripe's shape for its own trouble.
+fn injected_error(status: StatusCode) -> Response {
+    let body = serde_json::json!({"error": {"type": "api_error",
+        "message": "An injected fault of the test server."}});
+    (status, Json(body)).into_response()
 }
 
 impl State {

@@ -25,6 +25,7 @@
 
 mod api;
 mod error;
+mod faults;
 mod fixtures;
 mod ledger;
 mod objects;
@@ -32,6 +33,7 @@ mod params;
 mod server;
 mod webhooks;
 
+pub use faults::{Fault, FaultAction};
 pub use fixtures::{FIXTURES_ENV, FixturesError};
 pub use server::{
     RecordedRequest, ServerOptions, StartError, StripeTestServer, UnknownEvent, WaitTimeout,

@@ -98,6 +98,20 @@ pub(crate) struct State {
     /// Keyed by (API key, idempotency key), as Stripe scopes keys to the account.
     pub(crate) idempotency: HashMap<(String, String), SavedResponse>,
     pub(crate) requests: Vec<RecordedRequest>,
+    pub(crate) faults: Vec<crate::faults::Fault>,
+}
+
+impl State {
+    /// The action of the first armed fault matching the call, counting it down.
+    pub(crate) fn take_fault(
+        &mut self,
+        method: &str,
+        path: &str,
+    ) -> Option<crate::faults::FaultAction> {
+        let fault = self.faults.iter_mut().find(|f| f.matches(method, path))?;
+        fault.times -= 1;
+        Some(fault.action)
+    }
 }
 
 #[derive(Debug)]
@@ -178,6 +192,7 @@ impl StripeTestServer {
                 outbox: Outbox::new(options.webhook),
                 idempotency: HashMap::new(),
                 requests: Vec::new(),
+                faults: Vec::new(),
             }),
             wake_delivery: Notify::new(),
             changes: watch::Sender::new(()),
@@ -195,6 +210,11 @@ impl StripeTestServer {
             _server: AbortOnDrop(server),
             _delivery: AbortOnDrop(delivery),
         })
+    }
+
+    /// Arms a fault (see [`crate::Fault`]); faults are tried in the order they were armed.
+    pub fn inject(&self, fault: crate::Fault) {
+        self.shared.state().faults.push(fault);
     }
 
     /// `http://127.0.0.1:{port}/`, for `ClientBuilder::new(key).url(base_url)`.

@@ -1,0 +1,546 @@
+//! The order saga's failure paths, each reproduced by a fault: a shard that stalls mid-commit, a
+//! saga killed mid-step, a payment that does not match its order, a refund the provider refuses,
+//! a payment that succeeds as the reservation expires, a provider too slow for the checkout, a
+//! checkout whose answer is lost. Money and stock must come out right every time.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shop_stripe_testserver::{Fault, FaultAction, sign};
+use sqlx::Connection;
+use uuid::Uuid;
+
+use crate::helpers::{Session, TestApp, assert_problem, eventually, metric_value};
+use crate::orders::{
+    DEADLINE, WEBHOOK, WEBHOOK_SECRET, checkout, fill_cart, order, stock, stripe_app, variant,
+    wait_status,
+};
+
+async fn pay(app: &TestApp, who: &Session, id: &str) -> reqwest::Response {
+    app.post_json_as(
+        &who.access_token,
+        &format!("/api/v1/orders/{id}/pay"),
+        &json!({"payment_method": "pm_card_visa"}),
+    )
+    .await
+}
+
+/// (status, refunded_amount) of every refund row of an order, oldest first.
+async fn refunds(app: &TestApp, order: &str) -> Vec<(String, String, i64, i32)> {
+    sqlx::query_as(
+        "SELECT reason, status, amount, attempts FROM refunds WHERE order_id = $1 ORDER BY seq",
+    )
+    .bind(Uuid::parse_str(order).unwrap())
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn post_signed(app: &TestApp, body: &str) {
+    let now = chrono::Utc::now().timestamp();
+    let response = app
+        .client
+        .post(app.url(WEBHOOK))
+        .header(
+            "stripe-signature",
+            sign(body.as_bytes(), WEBHOOK_SECRET, now),
+        )
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// Two variants that live on different inventory shards, the first on the lower shard.
+async fn variants_on_two_shards(app: &TestApp, admin: &Session) -> (String, String) {
+    let inventory = &app.state.actors.inventory;
+    let first = variant(app, admin, "TWO-SHARDS-A", 1000, 10).await;
+    let shard_a = inventory.shard_of(Uuid::parse_str(&first).unwrap());
+    for n in 0.. {
+        let other = variant(app, admin, &format!("TWO-SHARDS-B{n}"), 500, 10).await;
+        let shard_b = inventory.shard_of(Uuid::parse_str(&other).unwrap());
+        if shard_b != shard_a {
+            return if shard_a < shard_b {
+                (first, other)
+            } else {
+                (other, first)
+            };
+        }
+    }
+    unreachable!()
+}
+
+/// Holds a row lock on an order's holds of one variant, as a stuck transaction would: the
+/// shard's commit of that variant waits on it.
+async fn lock_holds(app: &TestApp, order: &str, variant: &str) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(&app.database.url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+    let locked: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM stock_reservations WHERE owner_id = $1 AND variant_id = $2 FOR UPDATE",
+    )
+    .bind(Uuid::parse_str(order).unwrap())
+    .bind(Uuid::parse_str(variant).unwrap())
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(locked.len(), 1);
+    conn
+}
+
+/// Finding 1: the shard of the second line times out after the first shard committed. The
+/// commit is retried until every shard has answered: the order is paid, nothing is refunded.
+/// Finding 4 on top: the saga is killed while it waits, with the event unprocessed; the order
+/// supervisor starts it again and the router hands the event over again.
+#[tokio::test]
+async fn a_shard_stalling_mid_commit_and_a_killed_saga_still_end_in_one_paid_order() {
+    let (app, _stripe) = stripe_app(|settings| settings.actors.call_timeout_ms = 300).await;
+    let admin = app.login_as_admin().await;
+    let (a, b) = variants_on_two_shards(&app, &admin).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &a, 2).await;
+    fill_cart(&app, &customer, &b, 1).await;
+    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let lock = lock_holds(&app, &id, &b).await;
+
+    assert_eq!(pay(&app, &customer, &id).await.status(), 200);
+    // Shard A commits; shard B waits on the lock and the saga's call to it times out.
+    eventually(DEADLINE, "the first shard to commit", || async {
+        (stock(&app, &a).await == (8, 0, 2)).then_some(())
+    })
+    .await;
+    eventually(DEADLINE, "the saga to retry the commit", || async {
+        let metrics = app.metrics().await;
+        let series = "order_saga_step_retries_total{step=\"committing stock\"}";
+        (metric_value(&metrics, series).unwrap_or(0.0) >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(order(&app, &customer, &id).await["status"], "pending");
+
+    // Kill the saga mid-step: its event stays unprocessed.
+    let saga_name = format!("{}order-{id}", app.settings.actors.name_prefix);
+    let saga = shop_actors::ractor::registry::where_is(saga_name).expect("the saga runs");
+    saga.kill();
+    lock.close().await.unwrap();
+
+    let paid = wait_status(&app, &customer, &id, "paid").await;
+    assert_eq!(paid["refunded_amount"], 0);
+    assert_eq!(stock(&app, &a).await, (8, 0, 2));
+    assert_eq!(stock(&app, &b).await, (9, 0, 1));
+    assert!(refunds(&app, &id).await.is_empty(), "nothing is refunded");
+    let unprocessed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(unprocessed, 0);
+    assert_eq!(app.state.actors.inventory.reconcile().await.unwrap(), 0);
+}
+
+/// Finding 2: a succeeded payment whose amount is not the order's. The order is cancelled, its
+/// stock released, and what was taken is refunded and recorded.
+#[tokio::test]
+async fn a_payment_that_does_not_match_its_order_is_refunded_and_the_order_cancelled() {
+    let (app, stripe) = stripe_app(|_| {}).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "MISMATCH", 2500, 5).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 2).await;
+    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let intent = created["payment"]["payment_intent_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stripe.pause_webhooks();
+    assert_eq!(pay(&app, &customer, &id).await.status(), 200);
+    let succeeded = stripe
+        .wait_for(DEADLINE, |s| {
+            s.events()
+                .into_iter()
+                .find(|e| e.event_type == "payment_intent.succeeded" && e.object_id == intent)
+        })
+        .await
+        .unwrap();
+    // The same payment as the provider might report it wrongly: 1000 less than the order.
+    let mut event = succeeded.json();
+    event["id"] = json!(format!("evt_mismatch_{}", Uuid::new_v4().simple()));
+    event["data"]["object"]["amount_received"] = json!(4000);
+    event["data"]["object"]["amount"] = json!(4000);
+    post_signed(&app, &event.to_string()).await;
+
+    let cancelled = wait_status(&app, &customer, &id, "cancelled").await;
+    assert_eq!(stock(&app, &mug).await, (5, 0, 0), "the stock is back");
+    eventually(DEADLINE, "the refund to be settled", || async {
+        let rows = refunds(&app, &id).await;
+        (rows.len() == 1 && rows[0].1 == "succeeded").then_some(())
+    })
+    .await;
+    assert_eq!(
+        refunds(&app, &id).await[0].0,
+        "mismatch",
+        "the refund says why"
+    );
+    assert_eq!(
+        refunds(&app, &id).await[0].2,
+        4000,
+        "what was taken goes back"
+    );
+    let refund_calls: Vec<_> = stripe
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/refunds" && r.status == 200)
+        .collect();
+    assert_eq!(refund_calls.len(), 1);
+    assert_eq!(refund_calls[0].param("amount"), Some("4000"));
+    let reasons: Vec<Value> = cancelled["status_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["reason"].clone())
+        .collect();
+    assert!(reasons.contains(&json!("the payment did not match the order")));
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "payment_mismatches_total"),
+        Some(1.0)
+    );
+}
+
+/// Finding 3: a refund the provider refuses twice is owed, visible, retried with backoff, and
+/// settled on the third attempt; the order becomes refunded only then.
+#[tokio::test]
+async fn a_refund_the_provider_refuses_stays_owed_and_is_retried_until_taken() {
+    let (app, stripe) = stripe_app(|_| {}).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "REFUND-RETRY", 1500, 5).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 1).await;
+    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    pay(&app, &customer, &id).await;
+    wait_status(&app, &customer, &id, "paid").await;
+
+    stripe.inject(Fault::new("POST", "/v1/refunds", 2, FaultAction::Fail(500)));
+    let response = app
+        .post_json_as(
+            &admin.access_token,
+            &format!("/api/v1/admin/orders/{id}/status"),
+            &json!({"status": "refunded"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["status"], "paid",
+        "not refunded until the provider takes it"
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(metric_value(&metrics, "refunds_owed"), Some(1.0));
+
+    let refunded = wait_status(&app, &customer, &id, "refunded").await;
+    assert_eq!(refunded["refunded_amount"], 1500);
+    let rows = refunds(&app, &id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].1.as_str(), rows[0].2, rows[0].3),
+        ("succeeded", 1500, 3)
+    );
+    let keys: Vec<Option<String>> = stripe
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/refunds")
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(keys.len(), 3, "two refused attempts and the one taken");
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "one key for every attempt"
+    );
+    eventually(DEADLINE, "nothing to be owed", || async {
+        let metrics = app.metrics().await;
+        (metric_value(&metrics, "refunds_owed") == Some(0.0)).then_some(())
+    })
+    .await;
+}
+
+/// Finding 6: shipped cannot become refunded; a partial refund keeps the status and shows the
+/// amount; refunds add up to the total and no further.
+#[tokio::test]
+async fn partial_refunds_keep_the_status_and_a_shipped_order_cannot_be_refunded() {
+    let (app, _stripe) = stripe_app(|_| {}).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "PARTIAL", 1000, 5).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 3).await;
+    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    pay(&app, &customer, &id).await;
+    wait_status(&app, &customer, &id, "paid").await;
+    let refund = |amount: i64| {
+        let (app, admin, id) = (&app, &admin, &id);
+        async move {
+            app.post_json_as(
+                &admin.access_token,
+                &format!("/api/v1/admin/orders/{id}/refunds"),
+                &json!({"amount": amount, "reason": "a scratched mug"}),
+            )
+            .await
+        }
+    };
+    let partial: Value = refund(1000).await.json().await.unwrap();
+    assert_eq!(partial["status"], "paid");
+    assert_eq!(partial["refunded_amount"], 1000);
+    assert_problem(refund(2001).await, 422).await;
+    assert_problem(refund(0).await, 422).await;
+
+    let ship = app
+        .post_json_as(
+            &admin.access_token,
+            &format!("/api/v1/admin/orders/{id}/status"),
+            &json!({"status": "shipped"}),
+        )
+        .await;
+    assert_eq!(ship.status(), 200);
+    let shipped_refund = app
+        .post_json_as(
+            &admin.access_token,
+            &format!("/api/v1/admin/orders/{id}/status"),
+            &json!({"status": "refunded"}),
+        )
+        .await;
+    assert_problem(shipped_refund, 409).await;
+    assert_problem(refund(500).await, 409).await;
+    let still = order(&app, &customer, &id).await;
+    assert_eq!(still["status"], "shipped");
+    assert_eq!(still["refunded_amount"], 1000);
+
+    // Delivered, the rest is refunded in two parts; the order is refunded at the last cent.
+    app.post_json_as(
+        &admin.access_token,
+        &format!("/api/v1/admin/orders/{id}/status"),
+        &json!({"status": "delivered"}),
+    )
+    .await;
+    let second: Value = refund(1500).await.json().await.unwrap();
+    assert_eq!(
+        (
+            second["status"].as_str(),
+            second["refunded_amount"].as_i64()
+        ),
+        (Some("delivered"), Some(2500))
+    );
+    let last: Value = refund(500).await.json().await.unwrap();
+    assert_eq!(last["status"], "refunded");
+    assert_eq!(last["refunded_amount"], 3000);
+    assert_problem(refund(1).await, 409).await;
+}
+
+/// The deadline comes after the payment was taken but before its event arrived: cancelling the
+/// intent fails, so the order is not simply cancelled. Either it is paid (its holds were still
+/// there) or cancelled with the whole payment refunded: never cancelled with the money kept.
+#[tokio::test]
+async fn a_payment_taken_as_the_reservation_expires_is_either_an_order_or_a_refund() {
+    let (app, stripe) = stripe_app(|settings| settings.checkout.reservation_ttl_secs = 2).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "LATE", 1200, 5).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 1).await;
+    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    stripe.pause_webhooks();
+    assert_eq!(pay(&app, &customer, &id).await.status(), 200);
+    let settled = eventually(DEADLINE, "the order to settle", || async {
+        let body = order(&app, &customer, &id).await;
+        (body["status"] != "pending").then_some(body)
+    })
+    .await;
+    stripe.resume_webhooks();
+    let status = settled["status"].as_str().unwrap().to_owned();
+    match status.as_str() {
+        "paid" => {
+            assert_eq!(stock(&app, &mug).await, (4, 0, 1));
+            assert!(refunds(&app, &id).await.is_empty());
+        }
+        "cancelled" => {
+            eventually(DEADLINE, "the payment to be refunded", || async {
+                let rows = refunds(&app, &id).await;
+                (rows.len() == 1 && rows[0].1 == "succeeded" && rows[0].2 == 1200).then_some(())
+            })
+            .await;
+            assert_eq!(stock(&app, &mug).await, (5, 0, 0));
+        }
+        other => panic!("unexpected status {other}"),
+    }
+    // The webhook, once it arrives, changes nothing.
+    eventually(DEADLINE, "every event to be processed", || async {
+        let unprocessed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        let delivered = stripe
+            .delivered_events()
+            .iter()
+            .any(|e| e.event_type == "payment_intent.succeeded");
+        (delivered && unprocessed == 0).then_some(())
+    })
+    .await;
+    assert_eq!(order(&app, &customer, &id).await["status"], status.as_str());
+    assert!(refunds(&app, &id).await.len() <= usize::from(status == "cancelled"));
+}
+
+/// Finding 7: the provider is slower than the checkout may wait. The answer is 503 and nothing
+/// was created: no order, no stock held, the cart as it was.
+#[tokio::test]
+async fn a_checkout_the_provider_is_too_slow_for_answers_503_and_creates_nothing() {
+    let (app, stripe) = stripe_app(|settings| {
+        settings.payments.timeout_secs = 1;
+        settings.checkout.call_timeout_secs = 4;
+    })
+    .await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "SLOW", 1000, 5).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 2).await;
+    stripe.inject(Fault::new(
+        "POST",
+        "/v1/payment_intents",
+        1,
+        FaultAction::Delay(Duration::from_secs(3)),
+    ));
+    assert_problem(checkout(&app, &customer).await, 503).await;
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 0, "no order was created");
+    assert_eq!(stock(&app, &mug).await, (5, 0, 0), "no stock is held");
+    let cart: Value = app
+        .get_as(&customer.access_token, "/api/v1/cart")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cart["items"][0]["quantity"], 2, "the cart is kept");
+    // And the retry works.
+    assert_eq!(checkout(&app, &customer).await.status(), 201);
+}
+
+/// Finding 7, the other half: the client gives up before the answer comes back (a slow
+/// provider), and retries without an Idempotency-Key. It gets the order the first attempt made,
+/// not a second one.
+#[tokio::test]
+async fn a_checkout_retried_after_a_lost_answer_returns_the_order_already_made() {
+    let (app, stripe) = stripe_app(|settings| {
+        settings.payments.timeout_secs = 4;
+        settings.checkout.call_timeout_secs = 8;
+    })
+    .await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "LOST", 1000, 5).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 1).await;
+    stripe.inject(Fault::new(
+        "POST",
+        "/v1/payment_intents",
+        1,
+        FaultAction::Delay(Duration::from_secs(2)),
+    ));
+    let impatient = app
+        .client
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(&customer.access_token)
+        .json(&crate::orders::address())
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up");
+    eventually(DEADLINE, "the first attempt's order", || async {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        (count == 1).then_some(())
+    })
+    .await;
+    let retry = checkout(&app, &customer).await;
+    assert_eq!(retry.status(), 201);
+    let body: Value = retry.json().await.unwrap();
+    let first: Uuid = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(body["id"], first.to_string());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "exactly one order");
+    assert_eq!(stock(&app, &mug).await, (5, 1, 0));
+}
+
+/// Finding 5: sagas stop once their order is final. Paying or cancelling a final order, and a
+/// payment event for an order that does not exist, leave no saga behind; the sagas alive are
+/// the pending orders.
+#[tokio::test]
+async fn the_sagas_alive_are_the_pending_orders() {
+    let (app, _stripe) = stripe_app(|_| {}).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "SAGAS", 1000, 10).await;
+    let customer = app.login_as_customer().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        fill_cart(&app, &customer, &mug, 1).await;
+        let created: Value = checkout(&app, &customer).await.json().await.unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    pay(&app, &customer, &ids[0]).await;
+    wait_status(&app, &customer, &ids[0], "paid").await;
+    let cancel = app
+        .post_json_as(
+            &customer.access_token,
+            &format!("/api/v1/orders/{}/cancel", ids[1]),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(cancel.status(), 200);
+    // Commands on final orders: 409, and no saga stays for them.
+    assert_problem(pay(&app, &customer, &ids[0]).await, 409).await;
+    let again = app
+        .post_json_as(
+            &customer.access_token,
+            &format!("/api/v1/orders/{}/cancel", ids[1]),
+            &json!({}),
+        )
+        .await;
+    assert_problem(again, 409).await;
+    // A payment event for an order that does not exist.
+    let orphan = json!({"id": format!("evt_orphan_{}", Uuid::new_v4().simple()), "object": "event",
+        "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_orphan", "object": "payment_intent",
+        "amount": 100, "amount_received": 100, "currency": "usd", "status": "succeeded",
+        "metadata": {"order_id": Uuid::new_v4().to_string()}}}});
+    post_signed(&app, &orphan.to_string()).await;
+
+    let pending = 1;
+    eventually(DEADLINE, "only the pending order's saga to run", || async {
+        let running = app.state.actors.orders.running().await.unwrap();
+        let metrics = app.metrics().await;
+        let alive = metric_value(&metrics, "actor_alive{kind=\"order_saga\"}");
+        (running == pending && alive == Some(pending as f64)).then_some(())
+    })
+    .await;
+    let unprocessed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        unprocessed, 0,
+        "the orphan event is settled, not replayed forever"
+    );
+}
