@@ -184,6 +184,10 @@ pub fn cart_error(error: CartError, variant: Option<Uuid>) -> AppError {
         )]),
         CartError::NoSuchLine => AppError::NotFound,
         CartError::Actor(actor) => actor.into(),
+        // Not made (a retry is safe), or maybe made: either way the client may look and retry.
+        error @ (CartError::Expired | CartError::Interrupted(_)) => {
+            AppError::Unavailable(error.to_string())
+        }
         CartError::Storage(detail) => AppError::Internal(anyhow::anyhow!(detail)),
     }
 }

@@ -1,9 +1,11 @@
 //! Carts: one actor per customer, written through to PostgreSQL, revived after idleness, a crash
 //! or a restart of the whole app.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use shop_actors::carts::{CartError, CartSnapshot, CheckoutError};
+use uuid::Uuid;
 
 use crate::helpers::{Session, TestApp, assert_problem, eventually};
 
@@ -318,4 +320,256 @@ async fn a_crashed_cart_actor_is_restarted_with_its_state() {
     })
     .await;
     assert_eq!(cart(&app, &customer).await["items"][0]["quantity"], 2);
+}
+
+/// The cart's row, held by a connection of the test: the cart actor's next write waits behind it
+/// (an honest way to make the actor slow, no test hook in the actor).
+async fn hold_cart_row(app: &TestApp, cart: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM carts WHERE id = $1 FOR UPDATE")
+        .bind(cart)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    blocker
+}
+
+async fn stored_quantity(app: &TestApp, cart: Uuid) -> Option<i32> {
+    sqlx::query_scalar("SELECT quantity FROM cart_items WHERE cart_id = $1")
+        .bind(cart)
+        .fetch_optional(&app.db)
+        .await
+        .unwrap()
+}
+
+/// Finding 9 of issue 10: an add whose caller timed out used to stay in the actor's mailbox (or
+/// blocked in its write) and be applied later, so the client's retry doubled the quantity.
+#[tokio::test]
+async fn an_add_whose_caller_gave_up_is_never_applied_so_a_retry_adds_once() {
+    let app = TestApp::spawn_with(|s| s.actors.call_timeout_ms = 500, |_| Vec::new()).await;
+    let admin = app.login_as_admin().await;
+    let pen = product(&app, &admin, "Pen", "PEN", 300, 50).await;
+    let variant: Uuid = variant_of(&pen).parse().unwrap();
+    let customer = app.login_as_customer().await;
+    let carts = &app.state.actors.carts;
+    let cart_id = carts.get(customer.id).await.unwrap().cart_id;
+
+    let blocker = hold_cart_row(&app, cart_id).await;
+    let started = Instant::now();
+    let gave_up = carts.add(customer.id, variant, 1, 300).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(gave_up, Err(CartError::Expired)),
+        "the add could not be written in time, and says so: {gave_up:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(900),
+        "the caller waits about its call timeout, not longer: {waited:?}"
+    );
+    // The write would go through now if the actor still meant to make it.
+    blocker.rollback().await.unwrap();
+    // A later call is answered only after the actor is done with the earlier one.
+    let after = carts.get(customer.id).await.unwrap();
+    assert!(
+        after.lines.is_empty(),
+        "applied after its caller gave up: {after:?}"
+    );
+    assert_eq!(stored_quantity(&app, cart_id).await, None);
+
+    // The client's retry adds the unit exactly once.
+    let retried = carts.add(customer.id, variant, 1, 300).await.unwrap();
+    assert_eq!(retried.lines.len(), 1);
+    assert_eq!(retried.lines[0].quantity, 1);
+    assert_eq!(stored_quantity(&app, cart_id).await, Some(1));
+}
+
+/// Finding 9, the mailbox side: an add queued behind a long call is dropped unmade when its
+/// caller's time is up before the cart gets to it.
+#[tokio::test]
+async fn an_add_queued_behind_a_slow_checkout_is_dropped_once_its_caller_gave_up() {
+    let app = TestApp::spawn_with(|s| s.actors.call_timeout_ms = 500, |_| Vec::new()).await;
+    let admin = app.login_as_admin().await;
+    let pen = product(&app, &admin, "Pen", "PEN", 300, 50).await;
+    let variant: Uuid = variant_of(&pen).parse().unwrap();
+    let customer = app.login_as_customer().await;
+    let carts = app.state.actors.carts.clone();
+    let cart_id = carts.get(customer.id).await.unwrap().cart_id;
+
+    // A placer that holds the cart actor until the test lets it go.
+    let (placing, placer_started) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let checkout = tokio::spawn({
+        let carts = carts.clone();
+        async move {
+            carts
+                .check_out(customer.id, Duration::from_secs(10), move |_| async move {
+                    placing.send(()).unwrap();
+                    released.await.unwrap();
+                    Err::<(), _>("declined")
+                })
+                .await
+        }
+    });
+    placer_started.await.unwrap();
+
+    let started = Instant::now();
+    let gave_up = carts.add(customer.id, variant, 1, 300).await;
+    assert!(
+        matches!(gave_up, Err(CartError::Expired)),
+        "the caller knows the add was not made: {gave_up:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(900));
+    release.send(()).unwrap();
+    assert!(matches!(
+        checkout.await.unwrap(),
+        Err(CheckoutError::Refused("declined"))
+    ));
+
+    assert!(carts.get(customer.id).await.unwrap().lines.is_empty());
+    assert_eq!(stored_quantity(&app, cart_id).await, None);
+    let retried = carts.add(customer.id, variant, 1, 300).await.unwrap();
+    assert_eq!(retried.lines[0].quantity, 1);
+    assert_eq!(stored_quantity(&app, cart_id).await, Some(1));
+}
+
+fn units(cart: &CartSnapshot) -> i64 {
+    cart.lines.iter().map(|line| i64::from(line.quantity)).sum()
+}
+
+async fn stored_units(app: &TestApp, user: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(i.quantity), 0)::int8 FROM cart_items i
+         JOIN carts c ON c.id = i.cart_id WHERE c.user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// Finding 8 of issue 10 (the cart side): checkout read the cart, made the order, then cleared
+/// the cart, so an add in between was neither ordered nor kept. Now the hand-off is one message:
+/// every unit added ends in what the placer got or in the cart afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkout_and_concurrent_adds_lose_no_unit_in_50_rounds() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let pen = product(&app, &admin, "Pen", "PEN", 300, 10_000).await;
+    let mug = product(&app, &admin, "Mug", "MUG", 1250, 10_000).await;
+    let variants: [Uuid; 2] = [
+        variant_of(&pen).parse().unwrap(),
+        variant_of(&mug).parse().unwrap(),
+    ];
+    let customer = app.login_as_customer().await;
+    let carts = app.state.actors.carts.clone();
+    const ADDS: usize = 6;
+
+    let (mut added, mut placed, mut split_rounds) = (0, 0, 0);
+    let mut left_before = 0;
+    for round in 0..50 {
+        // Each call on a task of its own, the checkout sent among the adds at a different place
+        // each round: the runtime's threads decide which reaches the cart first.
+        let mut adds = Vec::new();
+        let mut checkout = None;
+        for i in 0..=ADDS {
+            if i == round % (ADDS + 1) {
+                let carts = carts.clone();
+                checkout = Some(tokio::spawn(async move {
+                    carts
+                        .check_out(customer.id, Duration::from_secs(5), |cart| async move {
+                            // Creating an order takes a while; adds sent meanwhile queue behind.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            Ok::<i64, String>(units(&cart))
+                        })
+                        .await
+                }));
+            }
+            if i < ADDS {
+                let carts = carts.clone();
+                let variant = variants[i % 2];
+                adds.push(tokio::spawn(async move {
+                    carts.add(customer.id, variant, 1, 300).await
+                }));
+            }
+        }
+        for add in futures::future::join_all(adds).await {
+            add.unwrap().expect("every add is made");
+            added += 1;
+        }
+        let checkout = checkout.unwrap().await.unwrap();
+        let got = checkout.expect("the order is placed");
+        placed += got;
+        // Whatever the placer did not get of this round's adds landed after it, in the cart.
+        let left_now = units(&carts.get(customer.id).await.unwrap());
+        assert_eq!(got + left_now, left_before + ADDS as i64, "round {round}");
+        if left_now > 0 && got > left_before {
+            split_rounds += 1;
+        }
+        left_before = left_now;
+    }
+
+    let left = units(&carts.get(customer.id).await.unwrap());
+    assert_eq!(
+        placed + left,
+        added,
+        "every unit is in an order or in the cart"
+    );
+    assert_eq!(stored_units(&app, customer.id).await, left, "as persisted");
+    // The race was run: in some rounds the adds landed on both sides of the hand-off.
+    assert!(
+        split_rounds > 0,
+        "no round had adds on both sides of a checkout"
+    );
+}
+
+/// A placer that fails leaves the cart as it was, and an add sent during the checkout is kept.
+#[tokio::test]
+async fn a_refused_checkout_leaves_the_cart_intact() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let pen = product(&app, &admin, "Pen", "PEN", 300, 50).await;
+    let mug = product(&app, &admin, "Mug", "MUG", 1250, 50).await;
+    let (pen, mug): (Uuid, Uuid) = (
+        variant_of(&pen).parse().unwrap(),
+        variant_of(&mug).parse().unwrap(),
+    );
+    let customer = app.login_as_customer().await;
+    let carts = &app.state.actors.carts;
+    carts.add(customer.id, pen, 2, 300).await.unwrap();
+
+    let (placing, placer_started) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let refused = carts.check_out(
+        customer.id,
+        Duration::from_secs(5),
+        move |cart| async move {
+            placing.send(()).unwrap();
+            released.await.unwrap();
+            Err::<(), _>(format!("card declined for {} units", units(&cart)))
+        },
+    );
+    let add_during = async {
+        placer_started.await.unwrap();
+        let added = carts.add(customer.id, mug, 1, 1250);
+        tokio::pin!(added);
+        // The add waits behind the checkout until the placer answers.
+        assert!(futures::poll!(added.as_mut()).is_pending());
+        release.send(()).unwrap();
+        added.await
+    };
+    let (refused, added) = tokio::join!(refused, add_during);
+    match refused {
+        Err(CheckoutError::Refused(reason)) => assert_eq!(reason, "card declined for 2 units"),
+        other => panic!("expected the placer's refusal, got {other:?}"),
+    }
+    added.unwrap();
+
+    let cart = carts.get(customer.id).await.unwrap();
+    let quantities: Vec<(Uuid, i32)> = cart
+        .lines
+        .iter()
+        .map(|l| (l.variant_id, l.quantity))
+        .collect();
+    assert_eq!(quantities, vec![(pen, 2), (mug, 1)]);
+    assert_eq!(stored_units(&app, customer.id).await, 3);
 }

@@ -1,5 +1,7 @@
 //! One customer's cart.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -7,32 +9,96 @@ use ractor::{ActorProcessingErr, RpcReplyPort};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::checkout::Handoff;
 use super::{CartError, CartLine, CartSnapshot, MAX_LINES, MAX_QUANTITY, store};
 use crate::instrument::{Mailbox, ShopActor};
 use crate::inventory::Inventory;
 
 type Reply = RpcReplyPort<Result<CartSnapshot, CartError>>;
 
+/// How long the cart keeps trying to empty itself once the order for its lines exists.
+pub(super) const EMPTY_BUDGET: Duration = Duration::from_secs(2);
+
+/// How long past its `place_timeout` the cart still waits for a placer before it stops waiting,
+/// keeps its lines and serves the next calls (a placer that never answers must not freeze the
+/// cart).
+const PLACER_OVERRUN: Duration = Duration::from_secs(5);
+
 pub enum CartMsg {
     Get(Reply),
+    /// A change to the lines; not made when its ticket's deadline passed or its caller gave up.
+    Change {
+        change: Change,
+        ticket: Ticket,
+        reply: Reply,
+    },
+    /// Checkout: hand the lines to an order placer, and empty the cart only once the order exists.
+    CheckOut {
+        ticket: Ticket,
+        place_timeout: Duration,
+        handoff: Box<dyn Handoff>,
+    },
+    /// The idle timer: stop when nothing happened for the idle timeout.
+    IdleCheck,
+}
+
+pub enum Change {
     Add {
         variant: Uuid,
         quantity: i32,
         unit_price: i64,
-        reply: Reply,
     },
     SetQuantity {
         line: Uuid,
         quantity: i32,
-        reply: Reply,
     },
     Remove {
         line: Uuid,
-        reply: Reply,
     },
-    Clear(Reply),
-    /// The idle timer: stop when nothing happened for the idle timeout.
-    IdleCheck,
+    Clear,
+}
+
+const WAITING: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// What a caller and the cart share about one call: the deadline by which the cart must have
+/// done it, and who moved first, the cart (it started on the call) or the caller (it gave up).
+/// Exactly one of them wins, so a caller that gave up knows the call will never be made, and a
+/// call that was started is never taken for one that was not.
+#[derive(Clone)]
+pub struct Ticket {
+    deadline: Instant,
+    state: Arc<AtomicU8>,
+}
+
+impl Ticket {
+    pub(super) fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            state: Arc::new(AtomicU8::new(WAITING)),
+        }
+    }
+
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The cart starts on the call: false when the deadline passed or the caller gave up.
+    fn start(&self) -> bool {
+        Instant::now() < self.deadline
+            && self
+                .state
+                .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// The caller gives up: true when the cart had not started on the call, and now never will.
+    pub(super) fn abandon(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 pub struct CartArgs {
@@ -57,8 +123,18 @@ impl CartActor {
 }
 
 impl CartState {
-    async fn check_stock(&self, variant: Uuid, wanted: i32) -> Result<(), CartError> {
-        let available = self.inventory.available_for(variant).await?;
+    /// Checks that `wanted` units can be sold, giving up at `deadline` (a read: cutting it off
+    /// changes nothing).
+    async fn check_stock(
+        &self,
+        variant: Uuid,
+        wanted: i32,
+        deadline: Instant,
+    ) -> Result<(), CartError> {
+        let available =
+            tokio::time::timeout_at(deadline.into(), self.inventory.available_for(variant))
+                .await
+                .map_err(|_| CartError::Expired)??;
         if wanted > available {
             return Err(CartError::NotEnoughStock {
                 requested: wanted,
@@ -68,11 +144,27 @@ impl CartState {
         Ok(())
     }
 
+    async fn change(&mut self, change: Change, deadline: Instant) -> Result<(), CartError> {
+        match change {
+            Change::Add {
+                variant,
+                quantity,
+                unit_price,
+            } => self.add(variant, quantity, unit_price, deadline).await,
+            Change::SetQuantity { line, quantity } => {
+                self.set_quantity(line, quantity, deadline).await
+            }
+            Change::Remove { line } => self.remove(line, deadline).await,
+            Change::Clear => self.clear(deadline).await,
+        }
+    }
+
     async fn add(
         &mut self,
         variant: Uuid,
         quantity: i32,
         unit_price: i64,
+        deadline: Instant,
     ) -> Result<(), CartError> {
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(CartError::QuantityTooLarge);
@@ -85,7 +177,7 @@ impl CartState {
         if existing.is_none() && self.cart.lines.len() >= MAX_LINES {
             return Err(CartError::TooManyLines);
         }
-        self.check_stock(variant, wanted).await?;
+        self.check_stock(variant, wanted, deadline).await?;
         let line = match existing {
             Some(at) => CartLine {
                 quantity: wanted,
@@ -99,7 +191,7 @@ impl CartState {
                 added_at: Utc::now(),
             },
         };
-        store::upsert_line(&self.db, self.cart.cart_id, &line).await?;
+        store::upsert_line(&self.db, self.cart.cart_id, &line, deadline).await?;
         match existing {
             Some(at) => self.cart.lines[at] = line,
             None => self.cart.lines.push(line),
@@ -107,7 +199,12 @@ impl CartState {
         Ok(())
     }
 
-    async fn set_quantity(&mut self, line: Uuid, quantity: i32) -> Result<(), CartError> {
+    async fn set_quantity(
+        &mut self,
+        line: Uuid,
+        quantity: i32,
+        deadline: Instant,
+    ) -> Result<(), CartError> {
         let at = self
             .cart
             .lines
@@ -115,43 +212,108 @@ impl CartState {
             .position(|l| l.id == line)
             .ok_or(CartError::NoSuchLine)?;
         if quantity == 0 {
-            return self.remove(line).await;
+            return self.remove(line, deadline).await;
         }
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(CartError::QuantityTooLarge);
         }
         if quantity > self.cart.lines[at].quantity {
-            self.check_stock(self.cart.lines[at].variant_id, quantity)
+            self.check_stock(self.cart.lines[at].variant_id, quantity, deadline)
                 .await?;
         }
         let updated = CartLine {
             quantity,
             ..self.cart.lines[at].clone()
         };
-        store::upsert_line(&self.db, self.cart.cart_id, &updated).await?;
+        store::upsert_line(&self.db, self.cart.cart_id, &updated, deadline).await?;
         self.cart.lines[at] = updated;
         Ok(())
     }
 
-    async fn remove(&mut self, line: Uuid) -> Result<(), CartError> {
+    async fn remove(&mut self, line: Uuid, deadline: Instant) -> Result<(), CartError> {
         if !self.cart.lines.iter().any(|l| l.id == line) {
             return Err(CartError::NoSuchLine);
         }
-        store::delete_line(&self.db, self.cart.cart_id, line).await?;
+        store::delete_line(&self.db, self.cart.cart_id, line, deadline).await?;
         self.cart.lines.retain(|l| l.id != line);
         Ok(())
     }
 
-    async fn clear(&mut self) -> Result<(), CartError> {
-        store::clear(&self.db, self.cart.cart_id).await?;
+    async fn clear(&mut self, deadline: Instant) -> Result<(), CartError> {
+        store::clear(&self.db, self.cart.cart_id, deadline).await?;
         self.cart.lines.clear();
         Ok(())
+    }
+
+    /// Hands the lines to the placer and, once the order exists, empties the cart. Runs as one
+    /// message, so adds sent meanwhile wait in the mailbox and land in the emptied cart: no line
+    /// is both ordered and kept, none is neither.
+    /// Answers the caller itself; returns how emptying went (`Ok` when there was nothing to
+    /// empty).
+    async fn check_out(
+        &mut self,
+        handoff: Box<dyn Handoff>,
+        place_timeout: Duration,
+    ) -> Result<(), CartError> {
+        // The placer is never cut off within its `place_timeout`: stopping an order half-made
+        // would leave unknown whether it exists. Past the overrun the caller has long given up;
+        // the cart keeps its lines (the customer still sees them) rather than freeze.
+        let placing = handoff.place(self.cart.clone());
+        let finish = match tokio::time::timeout(place_timeout + PLACER_OVERRUN, placing).await {
+            Ok(Some(finish)) => finish,
+            // Refused: the cart keeps its lines; the caller has the placer's error.
+            Ok(None) => return Ok(()),
+            Err(_) => {
+                metrics::counter!("cart_checkout_placer_overran_total").increment(1);
+                tracing::error!(
+                    cart = %self.cart.cart_id,
+                    ?place_timeout,
+                    "an order placer overran its timeout; the cart keeps its lines, the order may exist"
+                );
+                return Ok(());
+            }
+        };
+        let emptied = self.empty_after_checkout().await;
+        if emptied.is_ok() {
+            self.cart.updated_at = Utc::now();
+        }
+        finish(emptied.clone());
+        emptied
+    }
+
+    /// Empties the cart whose lines are now an order. Emptying is idempotent, so it is retried;
+    /// if PostgreSQL stays unreachable past [`EMPTY_BUDGET`] the lines stay (in memory too, so
+    /// the actor never disagrees with the table) and the caller is told the order exists but the
+    /// cart was not emptied.
+    async fn empty_after_checkout(&mut self) -> Result<(), CartError> {
+        let until = Instant::now() + EMPTY_BUDGET;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match store::clear(&self.db, self.cart.cart_id, until).await {
+                Ok(()) => {
+                    self.cart.lines.clear();
+                    return Ok(());
+                }
+                Err(error) if Instant::now() + pause < until => {
+                    tracing::warn!(%error, cart = %self.cart.cart_id, "emptying a checked-out cart failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(error) => {
+                    metrics::counter!("cart_checkout_not_emptied_total").increment(1);
+                    tracing::error!(%error, cart = %self.cart.cart_id, "a checked-out cart could not be emptied; its order exists");
+                    return Err(error);
+                }
+            }
+        }
     }
 
     fn answer(&mut self, reply: Reply, result: Result<(), CartError>) {
         if result.is_ok() {
             self.cart.updated_at = Utc::now();
         }
+        // A caller that stopped listening has already told its client "unknown" (the ticket
+        // says it gave up only before the cart started): nothing to undo here.
         let _ = reply.send(result.map(|()| self.cart.clone()));
     }
 }
@@ -191,35 +353,49 @@ impl ShopActor for CartActor {
         }
         match message {
             CartMsg::Get(reply) => state.answer(reply, Ok(())),
-            CartMsg::Add {
-                variant,
-                quantity,
-                unit_price,
+            CartMsg::Change {
+                change,
+                ticket,
                 reply,
             } => {
-                let result = state.add(variant, quantity, unit_price).await;
+                let result = if ticket.start() {
+                    state.change(change, ticket.deadline()).await
+                } else {
+                    // Its caller gave up (or is about to): making it now would be the change
+                    // the client's retry makes again.
+                    Err(CartError::Expired)
+                };
+                let unknown = matches!(result, Err(CartError::Interrupted(_)));
                 state.answer(reply, result);
+                if unknown {
+                    // PostgreSQL may hold the change while memory does not: restart, reloading.
+                    return Err("a cart write's outcome is unknown; reloading the cart".into());
+                }
             }
-            CartMsg::SetQuantity {
-                line,
-                quantity,
-                reply,
+            CartMsg::CheckOut {
+                ticket,
+                place_timeout,
+                handoff,
             } => {
-                let result = state.set_quantity(line, quantity).await;
-                state.answer(reply, result);
-            }
-            CartMsg::Remove { line, reply } => {
-                let result = state.remove(line).await;
-                state.answer(reply, result);
-            }
-            CartMsg::Clear(reply) => {
-                let result = state.clear().await;
-                state.answer(reply, result);
+                if ticket.start() {
+                    if let Err(CartError::Interrupted(_)) =
+                        state.check_out(handoff, place_timeout).await
+                    {
+                        return Err("emptying a checked-out cart ended unknown; reloading".into());
+                    }
+                } else {
+                    handoff.refuse(CartError::Expired);
+                }
             }
             CartMsg::IdleCheck => {
                 if state.last_touched.elapsed() >= state.idle_timeout {
-                    // Everything is already in PostgreSQL: stopping loses nothing.
-                    myself.cell().stop(Some("idle".into()));
+                    // Everything is already in PostgreSQL: stopping loses nothing. Drain rather
+                    // than stop: calls already in the mailbox are still answered (a stop would
+                    // drop them unanswered, and a caller could not tell whether its change was
+                    // made), while new ones are refused at once and go to the next incarnation.
+                    if let Err(error) = myself.cell().drain() {
+                        tracing::debug!(%error, "the idle cart was already stopping");
+                    }
                 }
             }
         }

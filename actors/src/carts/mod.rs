@@ -2,12 +2,44 @@
 //! predictable name, serving that customer's cart calls one at a time (two tabs adding at once
 //! cannot lose an update), writing every change through to PostgreSQL before it answers, and
 //! stopping after an idle timeout (revived from PostgreSQL on the next touch).
+//!
+//! # Timeouts, and why a change is made once or never
+//! A caller waits at most `call_timeout` (the outer bound). Each change carries a [`Ticket`]
+//! whose deadline is [`ANSWER_GRACE`] sooner (the inner bound):
+//! - the cart does not start a change whose deadline passed or whose caller gave up (the ticket
+//!   records which of the two moved first, so a caller that gave up knows the change will never
+//!   be made, and the client's retry makes it exactly once);
+//! - a change it starts is bounded by the deadline: the stock check is cut off at it, and the
+//!   write runs under a `statement_timeout` of the time left, so PostgreSQL rolls back a write
+//!   still waiting then. A change that is made is therefore answered within the grace, while its
+//!   caller still listens.
+//!
+//! A call is sent again only when it certainly was not made: it was refused at the mailbox (the
+//! cart was stopping), or the cart died before starting on it (the ticket says so). When the
+//! outcome is unknown (the cart died mid-change, or a commit's connection broke) the caller gets
+//! [`CartError::Interrupted`] and the cart restarts from PostgreSQL.
+//!
+//! Checkout ([`Carts::check_out`]) waits longer, in layers, each outer bound above the inner:
+//! ```text
+//! caller waits   call_timeout + place_timeout + EMPTY_BUDGET
+//!  ├ the cart must start the hand-off by the ticket's deadline (call_timeout - grace), else
+//!  │ nothing is handed over (NotPlaced);
+//!  ├ the placer must answer within place_timeout (its own inner timeouts shorter still); the
+//!  │ cart never cuts it off within that time, as an order stopped half-made leaves unknown
+//!  │ whether it exists;
+//!  └ once the order exists, emptying the cart is retried within EMPTY_BUDGET.
+//! ```
+//! Adds sent during a checkout wait behind it; if it outlasts their own deadline they are dropped
+//! unmade and answered `Expired` (a 503 the client retries).
 
 mod actor;
+mod checkout;
 mod store;
 mod supervisor;
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -16,7 +48,9 @@ use uuid::Uuid;
 use crate::instrument::{ActorError, Slot};
 use crate::inventory::Inventory;
 use crate::root::ChildSpec;
-pub use actor::{CartActor, CartMsg};
+use actor::EMPTY_BUDGET;
+pub use actor::{CartActor, CartMsg, Change, Ticket};
+pub use checkout::{CheckoutError, Finish, Handoff};
 pub use supervisor::{CartSupervisor, CartSupervisorMsg};
 
 /// Most lines a cart may have, and most units per line.
@@ -55,6 +89,13 @@ pub enum CartError {
     Actor(#[from] ActorError),
     #[error("cart storage: {0}")]
     Storage(String),
+    /// The call's deadline passed before the cart made the change: it was not made, and never
+    /// will be.
+    #[error("the cart change was not made in time")]
+    Expired,
+    /// The cart was interrupted while making the change: it may or may not have been made.
+    #[error("the cart change was interrupted and may or may not have been made: {0}")]
+    Interrupted(String),
 }
 
 impl From<sqlx::Error> for CartError {
@@ -85,8 +126,27 @@ pub struct Carts {
     timeout: Duration,
 }
 
-/// How many times a call is retried when it reaches a cart that is just stopping (idle).
-const ATTEMPTS: usize = 5;
+/// How much sooner than its caller's timeout a call's deadline falls: the time a change made at
+/// the very deadline needs to reach its caller (PostgreSQL's cancel, the commit, the reply).
+pub const ANSWER_GRACE: Duration = Duration::from_millis(300);
+
+/// What became of a call.
+enum Asked<R> {
+    Answered(R),
+    /// The cart never made the call and never will.
+    NotMade(CartError),
+    /// The cart started on the call, but its answer did not reach us: it may have been made.
+    Unknown(CartError),
+}
+
+impl<T> Asked<Result<T, CartError>> {
+    fn into_result(self) -> Result<T, CartError> {
+        match self {
+            Self::Answered(answer) => answer,
+            Self::NotMade(error) | Self::Unknown(error) => Err(error),
+        }
+    }
+}
 
 impl Carts {
     pub fn new(
@@ -114,38 +174,100 @@ impl Carts {
         )
     }
 
-    async fn cart(&self, user: Uuid) -> Result<crate::instrument::Mailbox<CartMsg>, CartError> {
+    /// The deadline of a call started at `started`: [`ANSWER_GRACE`] before its caller stops
+    /// waiting (a quarter of the timeout when that is shorter).
+    fn deadline(&self, started: Instant) -> Instant {
+        started + self.timeout - ANSWER_GRACE.min(self.timeout / 4)
+    }
+
+    async fn cart(
+        &self,
+        user: Uuid,
+        deadline: Instant,
+    ) -> Result<crate::instrument::Mailbox<CartMsg>, CartError> {
+        let left = deadline.saturating_duration_since(Instant::now());
         self.supervisor
             .get()?
-            .call(|reply| CartSupervisorMsg::CartOf(user, reply), self.timeout)
+            .call(|reply| CartSupervisorMsg::CartOf(user, reply), left)
             .await?
             .map_err(CartError::Storage)
     }
 
-    /// Sends one call to `user`'s cart, reviving it if it had stopped.
+    /// Sends one call to `user`'s cart, reviving the cart if it had stopped, and waits for the
+    /// answer until `wait_until`. The call is sent again only when it certainly was not made.
     async fn ask<R: Send + 'static>(
         &self,
         user: Uuid,
-        build: impl Fn(ractor::RpcReplyPort<Result<R, CartError>>) -> CartMsg,
-    ) -> Result<R, CartError> {
+        deadline: Instant,
+        wait_until: Instant,
+        build: impl Fn(Ticket, ractor::RpcReplyPort<R>) -> CartMsg,
+    ) -> Asked<R> {
+        let started = Instant::now();
         let mut last = CartError::Actor(ActorError::Unavailable { kind: "cart" });
-        for attempt in 0..ATTEMPTS {
-            match self.cart(user).await {
-                Ok(cart) => match cart.call(&build, self.timeout).await {
-                    Ok(answer) => return answer,
-                    // Stopping for idleness as we called: ask the supervisor again.
-                    Err(error @ ActorError::Unavailable { .. }) => last = error.into(),
-                    Err(error) => return Err(error.into()),
-                },
-                Err(error) => last = error,
+        for attempt in 1u32.. {
+            if Instant::now() >= deadline {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(10 * (attempt as u64 + 1))).await;
+            match self.cart(user, deadline).await {
+                Err(error) => last = error,
+                Ok(cart) => {
+                    let ticket = Ticket::new(deadline);
+                    let (port, answer) = ractor::concurrency::oneshot();
+                    // Refused at the mailbox (the cart is stopping) means not delivered: ask again.
+                    if cart.cast(build(ticket.clone(), port.into())).is_ok() {
+                        match tokio::time::timeout_at(wait_until.into(), answer).await {
+                            Ok(Ok(answer)) => return Asked::Answered(answer),
+                            // The cart died with the call still in its mailbox: ask its successor.
+                            Ok(Err(_)) if ticket.abandon() => {}
+                            Ok(Err(_)) => {
+                                return Asked::Unknown(CartError::Interrupted(
+                                    "the cart actor stopped during the call".into(),
+                                ));
+                            }
+                            Err(_) if ticket.abandon() => {
+                                return Asked::NotMade(CartError::Expired);
+                            }
+                            Err(_) => {
+                                return Asked::Unknown(CartError::Actor(ActorError::Timeout {
+                                    kind: CartActor::KIND_NAME,
+                                    timeout: wait_until - started,
+                                }));
+                            }
+                        }
+                    }
+                }
+            }
+            let pause = Duration::from_millis(10 * u64::from(attempt.min(10)));
+            tokio::time::sleep_until((Instant::now() + pause).min(deadline).into()).await;
         }
-        Err(last)
+        Asked::NotMade(last)
+    }
+
+    /// A call that changes the cart: made at most once, and only while its caller still waits.
+    async fn change(
+        &self,
+        user: Uuid,
+        change: impl Fn() -> Change,
+    ) -> Result<CartSnapshot, CartError> {
+        let started = Instant::now();
+        let (deadline, wait_until) = (self.deadline(started), started + self.timeout);
+        self.ask(user, deadline, wait_until, |ticket, reply| {
+            CartMsg::Change {
+                change: change(),
+                ticket,
+                reply,
+            }
+        })
+        .await
+        .into_result()
     }
 
     pub async fn get(&self, user: Uuid) -> Result<CartSnapshot, CartError> {
-        self.ask(user, CartMsg::Get).await
+        let started = Instant::now();
+        let (deadline, wait_until) = (self.deadline(started), started + self.timeout);
+        self.ask(user, deadline, wait_until, |_, reply| CartMsg::Get(reply))
+            .await
+            .into_result()
     }
 
     /// Adds units of a variant (to its line if there is one). `unit_price` is today's price,
@@ -157,11 +279,10 @@ impl Carts {
         quantity: i32,
         unit_price: i64,
     ) -> Result<CartSnapshot, CartError> {
-        self.ask(user, |reply| CartMsg::Add {
+        self.change(user, || Change::Add {
             variant,
             quantity,
             unit_price,
-            reply,
         })
         .await
     }
@@ -173,21 +294,62 @@ impl Carts {
         line: Uuid,
         quantity: i32,
     ) -> Result<CartSnapshot, CartError> {
-        self.ask(user, |reply| CartMsg::SetQuantity {
-            line,
-            quantity,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn remove(&self, user: Uuid, line: Uuid) -> Result<CartSnapshot, CartError> {
-        self.ask(user, |reply| CartMsg::Remove { line, reply })
+        self.change(user, || Change::SetQuantity { line, quantity })
             .await
     }
 
+    pub async fn remove(&self, user: Uuid, line: Uuid) -> Result<CartSnapshot, CartError> {
+        self.change(user, || Change::Remove { line }).await
+    }
+
     pub async fn clear(&self, user: Uuid) -> Result<CartSnapshot, CartError> {
-        self.ask(user, CartMsg::Clear).await
+        self.change(user, || Change::Clear).await
+    }
+
+    /// Checks out `user`'s cart in one message to its actor: `place` gets the cart's lines and
+    /// creates the order; only when it answers `Ok` is the cart emptied (in PostgreSQL too), and
+    /// the answer is `Ok(order)`. If it fails, the cart keeps its lines and the answer is
+    /// [`CheckoutError::Refused`]. Adds sent meanwhile wait behind the checkout and land in the
+    /// emptied cart, so every unit ends either in the order or in the cart.
+    ///
+    /// `place` runs inside the cart actor (a client that disconnects cannot cut it off) and must
+    /// answer within `place_timeout`: the caller waits `call_timeout + place_timeout +
+    /// EMPTY_BUDGET` in all (see the module doc for the layering). `place` gets the lines as they
+    /// are, even none: the placer decides what an empty cart means.
+    pub async fn check_out<T, E, P, Fut>(
+        &self,
+        user: Uuid,
+        place_timeout: Duration,
+        place: P,
+    ) -> Result<T, CheckoutError<T, E>>
+    where
+        P: FnOnce(CartSnapshot) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let started = Instant::now();
+        let deadline = self.deadline(started);
+        let wait_until = started + self.timeout + place_timeout + EMPTY_BUDGET;
+        let placer: checkout::PlacerSlot<P> = Arc::new(Mutex::new(Some(place)));
+        let asked = self
+            .ask(user, deadline, wait_until, |ticket, reply| {
+                let handoff = checkout::TypedHandoff {
+                    placer: placer.clone(),
+                    reply,
+                };
+                CartMsg::CheckOut {
+                    ticket,
+                    place_timeout,
+                    handoff: Box::new(handoff),
+                }
+            })
+            .await;
+        match asked {
+            Asked::Answered(answer) => answer,
+            Asked::NotMade(error) => Err(CheckoutError::NotPlaced(error)),
+            Asked::Unknown(error) => Err(CheckoutError::Unanswered(error)),
+        }
     }
 
     /// How many cart actors are alive (tests and metrics).

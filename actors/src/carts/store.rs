@@ -1,9 +1,12 @@
-//! The cart tables.
+//! The cart tables. Every change is one statement in a transaction bounded by its caller's
+//! deadline (see `begin_until`).
 
-use sqlx::PgPool;
+use std::time::Instant;
+
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{CartLine, CartSnapshot};
+use super::{CartError, CartLine, CartSnapshot};
 
 /// The customer's cart with its lines, created empty on first touch.
 pub async fn load(db: &PgPool, user: Uuid) -> Result<CartSnapshot, sqlx::Error> {
@@ -42,50 +45,102 @@ pub async fn load(db: &PgPool, user: Uuid) -> Result<CartSnapshot, sqlx::Error> 
     })
 }
 
-pub async fn upsert_line(db: &PgPool, cart: Uuid, line: &CartLine) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    sqlx::query(
-        "INSERT INTO cart_items (id, cart_id, variant_id, quantity, unit_price_at_add, added_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (cart_id, variant_id) DO UPDATE SET quantity = EXCLUDED.quantity",
+/// Starts a transaction whose statements PostgreSQL cancels at `deadline`, so a write still
+/// waiting (on a lock, a slow disk) when its caller's time is up is rolled back, never made later.
+/// Each change below is one statement, so the one `statement_timeout` bounds all of it.
+async fn begin_until(
+    db: &PgPool,
+    deadline: Instant,
+) -> Result<Transaction<'static, Postgres>, CartError> {
+    let mut tx = tokio::time::timeout_at(deadline.into(), db.begin())
+        .await
+        .map_err(|_| CartError::Expired)??;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis();
+    if left == 0 {
+        return Err(CartError::Expired);
+    }
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{left}ms"))
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| failed(error, deadline))?;
+    Ok(tx)
+}
+
+/// A write that failed after its deadline was cancelled by the statement timeout (or would have
+/// been): either way it was rolled back, so the caller may safely try again.
+fn failed(error: sqlx::Error, deadline: Instant) -> CartError {
+    if Instant::now() >= deadline {
+        CartError::Expired
+    } else {
+        error.into()
+    }
+}
+
+async fn write(
+    db: &PgPool,
+    deadline: Instant,
+    query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+) -> Result<(), CartError> {
+    let mut tx = begin_until(db, deadline).await?;
+    query
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| failed(error, deadline))?;
+    match tx.commit().await {
+        Ok(()) => Ok(()),
+        // PostgreSQL answered: the transaction did not commit.
+        Err(error @ sqlx::Error::Database(_)) => Err(failed(error, deadline)),
+        // The connection broke while COMMIT was on its way: it may have committed.
+        Err(error) => Err(CartError::Interrupted(error.to_string())),
+    }
+}
+
+pub async fn upsert_line(
+    db: &PgPool,
+    cart: Uuid,
+    line: &CartLine,
+    deadline: Instant,
+) -> Result<(), CartError> {
+    let query = sqlx::query(
+        "WITH line AS (
+             INSERT INTO cart_items (id, cart_id, variant_id, quantity, unit_price_at_add, added_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (cart_id, variant_id) DO UPDATE SET quantity = EXCLUDED.quantity
+         )
+         UPDATE carts SET updated_at = now() WHERE id = $2",
     )
     .bind(line.id)
     .bind(cart)
     .bind(line.variant_id)
     .bind(line.quantity)
     .bind(line.unit_price_at_add)
-    .bind(line.added_at)
-    .execute(&mut *tx)
-    .await?;
-    touch(&mut tx, cart).await?;
-    tx.commit().await
+    .bind(line.added_at);
+    write(db, deadline, query).await
 }
 
-pub async fn delete_line(db: &PgPool, cart: Uuid, line: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM cart_items WHERE id = $1 AND cart_id = $2")
-        .bind(line)
-        .bind(cart)
-        .execute(&mut *tx)
-        .await?;
-    touch(&mut tx, cart).await?;
-    tx.commit().await
+pub async fn delete_line(
+    db: &PgPool,
+    cart: Uuid,
+    line: Uuid,
+    deadline: Instant,
+) -> Result<(), CartError> {
+    let query = sqlx::query(
+        "WITH gone AS (DELETE FROM cart_items WHERE id = $1 AND cart_id = $2)
+         UPDATE carts SET updated_at = now() WHERE id = $2",
+    )
+    .bind(line)
+    .bind(cart);
+    write(db, deadline, query).await
 }
 
-pub async fn clear(db: &PgPool, cart: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM cart_items WHERE cart_id = $1")
-        .bind(cart)
-        .execute(&mut *tx)
-        .await?;
-    touch(&mut tx, cart).await?;
-    tx.commit().await
-}
-
-async fn touch(tx: &mut sqlx::PgConnection, cart: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE carts SET updated_at = now() WHERE id = $1")
-        .bind(cart)
-        .execute(tx)
-        .await?;
-    Ok(())
+pub async fn clear(db: &PgPool, cart: Uuid, deadline: Instant) -> Result<(), CartError> {
+    let query = sqlx::query(
+        "WITH gone AS (DELETE FROM cart_items WHERE cart_id = $1)
+         UPDATE carts SET updated_at = now() WHERE id = $1",
+    )
+    .bind(cart);
+    write(db, deadline, query).await
 }
