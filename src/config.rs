@@ -257,7 +257,7 @@ pub struct CheckoutSettings {
 pub const SAGA_MARGIN: Duration = Duration::from_secs(2);
 
 fn default_checkout_call_timeout_secs() -> u64 {
-    25
+    20
 }
 
 fn default_redeliver_interval_secs() -> u64 {
@@ -439,15 +439,20 @@ impl Settings {
             ));
         }
         // Inner timeouts shorter than outer ones (see `CheckoutSettings::call_timeout_secs`).
+        // A checkout waits for the cart actor (`actors.call_timeout_ms`), which waits for the saga
+        // (`checkout.call_timeout_secs` + 1 s), and then up to 2 s to empty the cart.
         let saga = Duration::from_secs(self.checkout.call_timeout_secs).saturating_sub(SAGA_MARGIN);
+        let checkout = Duration::from_millis(self.actors.call_timeout_ms)
+            + Duration::from_secs(self.checkout.call_timeout_secs + 3);
         if Duration::from_secs(self.payments.timeout_secs) >= saga
-            || self.checkout.call_timeout_secs >= self.server.request_timeout_secs
+            || checkout >= self.request_timeout()
         {
             return Err(ConfigError::Invalid(format!(
-                "timeouts must nest: payments.timeout_secs ({}) < checkout.call_timeout_secs ({}) - {}s < server.request_timeout_secs ({})",
+                "timeouts must nest: payments.timeout_secs ({}) < checkout.call_timeout_secs ({}) - {} s, and actors.call_timeout_ms ({}) + checkout.call_timeout_secs + 3 s < server.request_timeout_secs ({})",
                 self.payments.timeout_secs,
                 self.checkout.call_timeout_secs,
                 SAGA_MARGIN.as_secs(),
+                self.actors.call_timeout_ms,
                 self.server.request_timeout_secs
             )));
         }

@@ -14,8 +14,8 @@ use crate::error::{AppError, Problem};
 use crate::http::auth::AuthUser;
 use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::{PageParams, Paged};
-use crate::orders::saga::{Checkout, CheckoutError, SagaError};
-use crate::orders::store::{self, NewLine, NewOrder};
+use crate::orders::saga::SagaError;
+use crate::orders::store;
 use crate::orders::{Order, OrderStatus, ShippingAddress};
 use crate::state::AppState;
 use std::time::Duration;
@@ -40,14 +40,6 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     shipping_address: ShippingAddress,
-}
-
-fn stock_conflict(short: Vec<shop_actors::inventory::Shortage>) -> AppError {
-    AppError::Conflict {
-        kind: "insufficient-stock",
-        detail: "Some items are not available in the quantity asked.".into(),
-        errors: serde_json::to_value(short).ok(),
-    }
 }
 
 async fn load(state: &AppState, order: Uuid) -> Result<Order, AppError> {
@@ -107,71 +99,12 @@ async fn checkout(
         return Ok((StatusCode::CREATED, axum::Json(load(&state, order).await?)));
     }
 
-    let snapshot = state
-        .actors
-        .carts
-        .get(user.id)
-        .await
-        .map_err(|e| crate::carts::cart_error(e, None))?;
-    let cart = crate::carts::view(&state.db, snapshot, &state.settings.store.currency).await?;
-    if cart.items.is_empty() {
-        // A retry of a checkout whose answer was lost (a timeout on the way back) finds the
-        // cart emptied by the order it made: it gets that order, not a second one.
-        if let Some(order) = store::just_checked_out(&state.db, user.id).await? {
-            return Ok((StatusCode::CREATED, axum::Json(load(&state, order).await?)));
-        }
-        return Err(AppError::invalid("cart", "is empty"));
-    }
-    if let Some(gone) = cart.items.iter().find(|item| !item.available) {
-        return Err(AppError::Conflict {
-            kind: "item-unavailable",
-            detail: format!("{} is no longer sold; remove it from the cart.", gone.name),
-            errors: Some(
-                serde_json::json!([{"variant_id": gone.variant_id, "requested": gone.quantity, "available": 0}]),
-            ),
-        });
-    }
-    let ttl = std::time::Duration::from_secs(state.settings.checkout.reservation_ttl_secs);
-    let order = NewOrder {
-        id: Uuid::now_v7(),
-        user_id: user.id,
-        lines: cart
-            .items
-            .iter()
-            .map(|item| NewLine {
-                variant_id: item.variant_id,
-                product_id: item.product_id,
-                sku: item.sku.clone(),
-                name: item.name.clone(),
-                options: item.options.clone(),
-                unit_price: item.unit_price,
-                quantity: item.quantity,
-            })
-            .collect(),
-        subtotal: cart.subtotal,
-        discount_total: cart.discount_total,
-        currency: cart.currency.clone(),
-        shipping_address: address,
-        expires_at: chrono::Utc::now()
-            + chrono::Duration::from_std(ttl).map_err(|e| AppError::Internal(e.into()))?,
-        payment_provider: state.actors.payments.name().to_owned(),
-    };
-    let checkout = Checkout {
-        order,
+    let request = crate::orders::checkout::CheckoutRequest {
+        user: user.id,
+        address,
         idempotency: key.map(|key| (key, hash)),
-        ttl,
-        deadline: state.actors.orders.deadline(),
     };
-    let order = match state.actors.orders.checkout(checkout).await {
-        Ok(order) => order,
-        Err(CheckoutError::KeyReused(existing)) => existing,
-        Err(CheckoutError::Short(short)) => return Err(stock_conflict(short)),
-        Err(CheckoutError::Unavailable(why)) => return Err(AppError::Unavailable(why)),
-    };
-    // The order exists: now the cart can go.
-    if let Err(error) = state.actors.carts.clear(user.id).await {
-        tracing::warn!(%error, "the cart could not be emptied after checkout");
-    }
+    let order = crate::orders::checkout::check_out(&state, request).await?;
     Ok((StatusCode::CREATED, axum::Json(load(&state, order).await?)))
 }
 

@@ -2,6 +2,7 @@
 //! (reserve stock → create the payment intent → wait for the payment event or the deadline →
 //! commit or release), with every status change kept in its history.
 
+pub mod checkout;
 pub mod notify;
 pub mod saga;
 pub mod store;
