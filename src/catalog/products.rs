@@ -164,11 +164,11 @@ pub const PRODUCT_SELECT: &str = r#"
 pub struct ProductRow {
     id: Uuid,
     #[sqlx(rename = "type")]
-    kind: String,
+    kind: ProductType,
     name: String,
     slug: String,
     description: String,
-    status: String,
+    status: ProductStatus,
     category_id: Option<Uuid>,
     brand: Option<String>,
     sku: Option<String>,
@@ -191,25 +191,9 @@ pub struct ProductRow {
     updated_at: DateTime<Utc>,
 }
 
-fn parse_kind(kind: &str) -> ProductType {
-    match kind {
-        "variable" => ProductType::Variable,
-        "bundle" => ProductType::Bundle,
-        _ => ProductType::Simple,
-    }
-}
-
-fn parse_status(status: &str) -> ProductStatus {
-    match status {
-        "active" => ProductStatus::Active,
-        "archived" => ProductStatus::Archived,
-        _ => ProductStatus::Draft,
-    }
-}
-
 impl ProductRow {
     pub fn into_product(self, admin: bool) -> Product {
-        let kind = parse_kind(&self.kind);
+        let kind = self.kind;
         let (on_hand, held) = match (admin, kind) {
             (true, ProductType::Bundle) | (false, _) => (None, None),
             (true, _) => (Some(self.stock_on_hand), Some(self.stock_held)),
@@ -220,7 +204,7 @@ impl ProductRow {
             name: self.name,
             slug: self.slug,
             description: self.description,
-            status: parse_status(&self.status),
+            status: self.status,
             category_id: self.category_id,
             brand: self.brand,
             sku: self.sku,
@@ -559,7 +543,7 @@ async fn parse_components(
         components.push((component.variant_id, component.quantity.clamp(1, 99) as i32));
     }
     let ids: Vec<Uuid> = components.iter().map(|(id, _)| *id).collect();
-    let found: Vec<(Uuid, String)> = sqlx::query_as(
+    let found: Vec<(Uuid, ProductType)> = sqlx::query_as(
         "SELECT v.id, p.type FROM product_variants v JOIN products p ON p.id = v.product_id
          WHERE v.id = ANY($1) AND v.archived_at IS NULL",
     )
@@ -569,7 +553,7 @@ async fn parse_components(
     for (i, id) in ids.iter().enumerate() {
         match found.iter().find(|(found, _)| found == id) {
             None => fields.error(&format!("components[{i}].variant_id"), "no such variant"),
-            Some((_, kind)) if kind == "bundle" => fields.error(
+            Some((_, ProductType::Bundle)) => fields.error(
                 &format!("components[{i}].variant_id"),
                 "a bundle cannot contain another bundle",
             ),
@@ -1044,11 +1028,11 @@ fn parse_options(raw: &BTreeMap<String, String>) -> Result<BTreeMap<String, Stri
 }
 
 async fn product_kind(db: &PgPool, product: Uuid) -> Result<ProductType, AppError> {
-    let kind: Option<String> = sqlx::query_scalar("SELECT type FROM products WHERE id = $1")
+    let kind: Option<ProductType> = sqlx::query_scalar("SELECT type FROM products WHERE id = $1")
         .bind(product)
         .fetch_optional(db)
         .await?;
-    kind.map(|k| parse_kind(&k)).ok_or(AppError::NotFound)
+    kind.ok_or(AppError::NotFound)
 }
 
 pub async fn add_variant(
