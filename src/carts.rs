@@ -12,6 +12,7 @@ use sqlx::{FromRow, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::catalog::ProductType;
 use crate::error::{AppError, FieldError};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -132,7 +133,7 @@ pub async fn sellable(
     struct Row {
         id: Uuid,
         price: i64,
-        kind: String,
+        kind: ProductType,
         is_default: bool,
     }
     let row = sqlx::query_as::<_, Row>(
@@ -147,7 +148,7 @@ pub async fn sellable(
     .fetch_optional(db)
     .await?
     .ok_or(AppError::NotFound)?;
-    if variant.is_none() && row.kind == "variable" && !row.is_default {
+    if variant.is_none() && row.kind == ProductType::Variable && !row.is_default {
         return Err(AppError::invalid(
             "product_id",
             "this product comes in variants; add one by variant_id",

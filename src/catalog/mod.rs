@@ -130,8 +130,13 @@ impl Fields {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+// Read from its TEXT column through `sqlx::Type`: a value outside the enum is a decode error (a
+// logged 500), never a default. (Not a doc comment: that would become the API's description.)
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default, sqlx::Type,
+)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum ProductType {
     #[default]
     Simple,
@@ -149,8 +154,13 @@ impl ProductType {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+// Read from its TEXT column through `sqlx::Type`: a value outside the enum is a decode error (a
+// logged 500), never a default. (Not a doc comment: that would become the API's description.)
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default, sqlx::Type,
+)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum ProductStatus {
     #[default]
     Draft,

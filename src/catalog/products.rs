@@ -16,7 +16,8 @@ use super::{
     parse_non_negative,
 };
 use crate::error::{AppError, FieldError};
-use shop_actors::inventory::{Inventory, InventoryError};
+use futures::future::BoxFuture;
+use shop_actors::inventory::{EditError, Inventory, InventoryError};
 
 pub const MAX_STOCK: i64 = 10_000_000;
 
@@ -163,11 +164,11 @@ pub const PRODUCT_SELECT: &str = r#"
 pub struct ProductRow {
     id: Uuid,
     #[sqlx(rename = "type")]
-    kind: String,
+    kind: ProductType,
     name: String,
     slug: String,
     description: String,
-    status: String,
+    status: ProductStatus,
     category_id: Option<Uuid>,
     brand: Option<String>,
     sku: Option<String>,
@@ -190,25 +191,9 @@ pub struct ProductRow {
     updated_at: DateTime<Utc>,
 }
 
-fn parse_kind(kind: &str) -> ProductType {
-    match kind {
-        "variable" => ProductType::Variable,
-        "bundle" => ProductType::Bundle,
-        _ => ProductType::Simple,
-    }
-}
-
-fn parse_status(status: &str) -> ProductStatus {
-    match status {
-        "active" => ProductStatus::Active,
-        "archived" => ProductStatus::Archived,
-        _ => ProductStatus::Draft,
-    }
-}
-
 impl ProductRow {
     pub fn into_product(self, admin: bool) -> Product {
-        let kind = parse_kind(&self.kind);
+        let kind = self.kind;
         let (on_hand, held) = match (admin, kind) {
             (true, ProductType::Bundle) | (false, _) => (None, None),
             (true, _) => (Some(self.stock_on_hand), Some(self.stock_held)),
@@ -219,7 +204,7 @@ impl ProductRow {
             name: self.name,
             slug: self.slug,
             description: self.description,
-            status: parse_status(&self.status),
+            status: self.status,
             category_id: self.category_id,
             brand: self.brand,
             sku: self.sku,
@@ -558,7 +543,7 @@ async fn parse_components(
         components.push((component.variant_id, component.quantity.clamp(1, 99) as i32));
     }
     let ids: Vec<Uuid> = components.iter().map(|(id, _)| *id).collect();
-    let found: Vec<(Uuid, String)> = sqlx::query_as(
+    let found: Vec<(Uuid, ProductType)> = sqlx::query_as(
         "SELECT v.id, p.type FROM product_variants v JOIN products p ON p.id = v.product_id
          WHERE v.id = ANY($1) AND v.archived_at IS NULL",
     )
@@ -568,7 +553,7 @@ async fn parse_components(
     for (i, id) in ids.iter().enumerate() {
         match found.iter().find(|(found, _)| found == id) {
             None => fields.error(&format!("components[{i}].variant_id"), "no such variant"),
-            Some((_, kind)) if kind == "bundle" => fields.error(
+            Some((_, ProductType::Bundle)) => fields.error(
                 &format!("components[{i}].variant_id"),
                 "a bundle cannot contain another bundle",
             ),
@@ -749,7 +734,9 @@ pub async fn update(
     changes: ProductChanges,
 ) -> Result<Product, AppError> {
     let current = find(db, &id.to_string(), true).await?;
-    let mut tx = db.begin().await?;
+    // Validation only reads; the writes come later, in one transaction (with the stock change,
+    // when there is one).
+    let mut reads = db.acquire().await?;
     let mut fields = Fields::default();
     let name = match &changes.name {
         Some(name) => fields.check(parse_name("name", name, 300)),
@@ -793,7 +780,7 @@ pub async fn update(
     let category = changes.category_id.unwrap_or(current.category_id);
     if let Some(category) = category
         && Some(category) != current.category_id
-        && !category_exists(&mut tx, category).await?
+        && !category_exists(&mut reads, category).await?
     {
         fields.error("category_id", "no such category");
     }
@@ -831,7 +818,7 @@ pub async fn update(
     };
     let components = match (&changes.components, current.kind) {
         (Some(raw), ProductType::Bundle) => {
-            Some(parse_components(&mut tx, &mut fields, raw).await?)
+            Some(parse_components(&mut reads, &mut fields, raw).await?)
         }
         (Some(_), _) => {
             fields.error("components", "only bundles have components");
@@ -840,78 +827,136 @@ pub async fn update(
         (None, _) => None,
     };
     fields.finish()?;
-    if let Some(on_hand) = stock {
-        let variant = current
-            .variants
-            .iter()
-            .flatten()
-            .find(|v| v.is_default)
-            .map(|v| v.id)
-            .ok_or(AppError::NotFound)?;
-        set_on_hand(inventory, variant, on_hand).await?;
+    drop(reads);
+    let write = ProductWrite {
+        id,
+        name,
+        slug,
+        description: changes.description.unwrap_or(current.description.clone()),
+        status: changes.status.unwrap_or(current.status),
+        category,
+        brand,
+        price,
+        compare_at,
+        weight,
+        dimensions,
+        tags,
+        default_variant: has_default.then_some((sku, barcode)),
+        components,
+    };
+    match stock {
+        Some(on_hand) => {
+            let variant = current
+                .variants
+                .iter()
+                .flatten()
+                .find(|v| v.is_default)
+                .map(|v| v.id)
+                .ok_or(AppError::NotFound)?;
+            with_stock(inventory, variant, on_hand, move |conn| {
+                Box::pin(async move { write.apply(conn).await })
+            })
+            .await?;
+        }
+        None => {
+            let mut tx = db.begin().await?;
+            write.apply(&mut tx).await?;
+            tx.commit().await?;
+        }
     }
-
-    sqlx::query(
-        "UPDATE products SET name = $2, slug = $3, description = $4, status = $5, category_id = $6,
-                brand = $7, price = $8, compare_at_price = $9, weight_grams = $10, length_mm = $11,
-                width_mm = $12, height_mm = $13, tags = $14
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(name)
-    .bind(slug)
-    .bind(
-        changes
-            .description
-            .as_deref()
-            .unwrap_or(&current.description),
-    )
-    .bind(changes.status.unwrap_or(current.status).as_str())
-    .bind(category)
-    .bind(brand)
-    .bind(price)
-    .bind(compare_at)
-    .bind(weight)
-    .bind(dimensions.length_mm)
-    .bind(dimensions.width_mm)
-    .bind(dimensions.height_mm)
-    .bind(&tags)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| conflict_on(e, CLASHES))?;
-    if has_default {
-        sqlx::query(
-            "UPDATE product_variants SET sku = coalesce($2, sku), barcode = $3, weight_grams = $4
-             WHERE product_id = $1 AND is_default",
-        )
-        .bind(id)
-        .bind(sku)
-        .bind(barcode)
-        .bind(weight)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| conflict_on(e, CLASHES))?;
-    }
-    if let Some(components) = components {
-        replace_components(&mut tx, id, &components).await?;
-    }
-    tx.commit().await?;
     find(db, &id.to_string(), true).await
 }
 
+/// A product update, checked and ready to write.
+struct ProductWrite {
+    id: Uuid,
+    name: Option<String>,
+    slug: Option<String>,
+    description: String,
+    status: ProductStatus,
+    category: Option<Uuid>,
+    brand: Option<String>,
+    price: Option<i64>,
+    compare_at: Option<i64>,
+    weight: Option<i32>,
+    dimensions: Dimensions,
+    tags: Vec<String>,
+    /// Simple products and bundles: their default variant's SKU and barcode.
+    default_variant: Option<(Option<String>, Option<String>)>,
+    components: Option<Vec<(Uuid, i32)>>,
+}
+
+impl ProductWrite {
+    /// In the caller's transaction; a clash (slug, SKU, barcode) is a 409 and the caller rolls
+    /// back.
+    async fn apply(&self, tx: &mut PgConnection) -> Result<(), AppError> {
+        sqlx::query(
+            "UPDATE products SET name = $2, slug = $3, description = $4, status = $5, category_id = $6,
+                    brand = $7, price = $8, compare_at_price = $9, weight_grams = $10, length_mm = $11,
+                    width_mm = $12, height_mm = $13, tags = $14
+             WHERE id = $1",
+        )
+        .bind(self.id)
+        .bind(&self.name)
+        .bind(&self.slug)
+        .bind(&self.description)
+        .bind(self.status.as_str())
+        .bind(self.category)
+        .bind(&self.brand)
+        .bind(self.price)
+        .bind(self.compare_at)
+        .bind(self.weight)
+        .bind(self.dimensions.length_mm)
+        .bind(self.dimensions.width_mm)
+        .bind(self.dimensions.height_mm)
+        .bind(&self.tags)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict_on(e, CLASHES))?;
+        if let Some((sku, barcode)) = &self.default_variant {
+            sqlx::query(
+                "UPDATE product_variants SET sku = coalesce($2, sku), barcode = $3, weight_grams = $4
+                 WHERE product_id = $1 AND is_default",
+            )
+            .bind(self.id)
+            .bind(sku)
+            .bind(barcode)
+            .bind(self.weight)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| conflict_on(e, CLASHES))?;
+        }
+        if let Some(components) = &self.components {
+            replace_components(tx, self.id, components).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Stock on hand changes go through the variant's inventory shard, so they cannot race a
-/// reservation, and cannot go below what pending orders hold.
-async fn set_on_hand(inventory: &Inventory, variant: Uuid, on_hand: i32) -> Result<(), AppError> {
+/// reservation and cannot go below what pending orders hold. The shard runs the request's other
+/// `writes` in the same transaction, so the update applies whole or not at all: a clash in the
+/// writes leaves the stock as it was, and a refused stock change leaves the other fields.
+async fn with_stock<F>(
+    inventory: &Inventory,
+    variant: Uuid,
+    on_hand: i32,
+    writes: F,
+) -> Result<(), AppError>
+where
+    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<(), AppError>> + Send + 'static,
+{
     inventory
-        .set_on_hand(variant, on_hand)
+        .set_on_hand_with(variant, on_hand, writes)
         .await
         .map_err(|error| match error {
-            InventoryError::BelowHeld { held } => AppError::conflict(
+            EditError::Writes(error) => error,
+            EditError::Inventory(InventoryError::BelowHeld { held }) => AppError::conflict(
                 "stock-below-held",
                 format!("{held} units are held by pending orders; stock cannot go below that."),
             ),
-            InventoryError::Actor(actor) => actor.into(),
-            other => AppError::Internal(other.into()),
+            EditError::Inventory(InventoryError::Actor(actor)) => actor.into(),
+            EditError::Inventory(other) => AppError::Internal(other.into()),
         })
 }
 
@@ -983,11 +1028,11 @@ fn parse_options(raw: &BTreeMap<String, String>) -> Result<BTreeMap<String, Stri
 }
 
 async fn product_kind(db: &PgPool, product: Uuid) -> Result<ProductType, AppError> {
-    let kind: Option<String> = sqlx::query_scalar("SELECT type FROM products WHERE id = $1")
+    let kind: Option<ProductType> = sqlx::query_scalar("SELECT type FROM products WHERE id = $1")
         .bind(product)
         .fetch_optional(db)
         .await?;
-    kind.map(|k| parse_kind(&k)).ok_or(AppError::NotFound)
+    kind.ok_or(AppError::NotFound)
 }
 
 pub async fn add_variant(
@@ -1093,27 +1138,60 @@ pub async fn update_variant(
         None => current.weight_grams,
     };
     fields.finish()?;
-    if let Some(on_hand) = stock {
-        set_on_hand(inventory, id, on_hand).await?;
+    let write = VariantWrite {
+        id,
+        product,
+        sku,
+        options: options.unwrap_or_default(),
+        price,
+        barcode,
+        weight,
+    };
+    match stock {
+        Some(on_hand) => {
+            with_stock(inventory, id, on_hand, move |conn| {
+                Box::pin(async move { write.apply(conn).await })
+            })
+            .await?;
+        }
+        None => write.apply(&mut *db.acquire().await?).await?,
     }
-    sqlx::query(
-        "UPDATE product_variants SET sku = $3, options = $4,
-                price = CASE WHEN $5 THEN $6 ELSE price END,
-                barcode = $7, weight_grams = $8
-         WHERE id = $1 AND product_id = $2",
-    )
-    .bind(id)
-    .bind(product)
-    .bind(sku)
-    .bind(sqlx::types::Json(options.unwrap_or_default()))
-    .bind(price.is_some())
-    .bind(price.flatten())
-    .bind(barcode)
-    .bind(weight)
-    .execute(db)
-    .await
-    .map_err(|e| conflict_on(e, CLASHES))?;
     variant(db, product, id).await
+}
+
+/// A variant update, checked and ready to write.
+struct VariantWrite {
+    id: Uuid,
+    product: Uuid,
+    sku: Option<String>,
+    options: BTreeMap<String, String>,
+    /// `Some(None)` falls back to the product's price; `None` leaves the price alone.
+    price: Option<Option<i64>>,
+    barcode: Option<String>,
+    weight: Option<i32>,
+}
+
+impl VariantWrite {
+    async fn apply(&self, tx: &mut PgConnection) -> Result<(), AppError> {
+        sqlx::query(
+            "UPDATE product_variants SET sku = $3, options = $4,
+                    price = CASE WHEN $5 THEN $6 ELSE price END,
+                    barcode = $7, weight_grams = $8
+             WHERE id = $1 AND product_id = $2",
+        )
+        .bind(self.id)
+        .bind(self.product)
+        .bind(&self.sku)
+        .bind(sqlx::types::Json(&self.options))
+        .bind(self.price.is_some())
+        .bind(self.price.flatten())
+        .bind(&self.barcode)
+        .bind(self.weight)
+        .execute(tx)
+        .await
+        .map_err(|e| conflict_on(e, CLASHES))?;
+        Ok(())
+    }
 }
 
 /// Archives the variant (carts and past orders still read it). A default variant cannot go.

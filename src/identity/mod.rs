@@ -17,8 +17,12 @@ use uuid::Uuid;
 
 use crate::error::{AppError, FieldError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+// Read from its TEXT column through `sqlx::Type`: an unknown role is a decode error (a logged
+// 500), never a guess, which for a role could grant or take away admin rights. (Not a doc
+// comment: that would become the API's description.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Role {
     Customer,
     Admin,

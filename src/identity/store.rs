@@ -11,7 +11,7 @@ struct UserRow {
     id: Uuid,
     email: String,
     name: String,
-    role: String,
+    role: Role,
     created_at: DateTime<Utc>,
 }
 
@@ -21,8 +21,7 @@ impl From<UserRow> for User {
             id: row.id,
             email: row.email,
             name: row.name,
-            // The CHECK constraint admits only the two roles.
-            role: row.role.parse().unwrap_or(Role::Customer),
+            role: row.role,
             created_at: row.created_at,
         }
     }
@@ -156,11 +155,10 @@ pub async fn any_admin(db: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
 }
 
 pub async fn current_role(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Role>, sqlx::Error> {
-    let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
+    sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
-        .await?;
-    Ok(role.and_then(|role| role.parse().ok()))
+        .await
 }
 
 pub async fn promote_to_admin(db: impl PgExecutor<'_>, email: &str) -> Result<bool, sqlx::Error> {

@@ -325,6 +325,16 @@ struct UnprocessedRow {
     payload: Value,
 }
 
+/// The provider a stored row names. Anything else is refused, not read as Stripe's: an event
+/// attributed to the wrong provider would be checked against the wrong intents.
+fn stored_provider(stored: &str) -> Option<&'static str> {
+    match stored {
+        "simulated" => Some("simulated"),
+        "stripe" => Some("stripe"),
+        _ => None,
+    }
+}
+
 /// Every routed event not yet marked processed, oldest first: what the saga has not acted on.
 pub async fn unprocessed_events(db: &PgPool) -> Result<Vec<PaymentEvent>, sqlx::Error> {
     unprocessed_events_older_than(db, chrono::Duration::zero()).await
@@ -350,10 +360,9 @@ pub async fn unprocessed_events_older_than(
     Ok(rows
         .into_iter()
         .filter_map(|row| {
-            let provider = if row.provider == "simulated" {
-                "simulated"
-            } else {
-                "stripe"
+            let Some(provider) = stored_provider(&row.provider) else {
+                tracing::error!(event = %row.id, provider = %row.provider, "stored payment event names an unknown provider");
+                return None;
             };
             match ReceivedEvent::from_json(row.payload, provider) {
                 Ok(mut event) => {
@@ -420,6 +429,15 @@ pub async fn for_order<'e>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_the_two_providers_are_read_from_a_stored_row() {
+        assert_eq!(stored_provider("stripe"), Some("stripe"));
+        assert_eq!(stored_provider("simulated"), Some("simulated"));
+        for unknown in ["paypal", "", "Stripe", "stripe "] {
+            assert_eq!(stored_provider(unknown), None, "{unknown:?}");
+        }
+    }
 
     fn event(event_type: &str, object: Value) -> Value {
         json!({"id": "evt_1", "object": "event", "type": event_type, "data": {"object": object}})

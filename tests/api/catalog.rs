@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+use shop::catalog::{ProductStatus, ProductType};
+
 use crate::helpers::{Session, TestApp, assert_problem, metric_value};
 
 struct Shop {
@@ -627,4 +629,68 @@ async fn categories_in_use_cannot_be_deleted() {
             .status(),
         204
     );
+}
+
+/// Finding 12: a kind or status outside the enum, read from the database, is an error (a logged
+/// 500), never a default (it used to read as a simple product, or a draft).
+#[tokio::test]
+async fn an_unknown_kind_or_status_in_the_database_is_an_error_not_a_default() {
+    let shop = Shop::open().await;
+    let db = &shop.app.db;
+    for (sql, expected) in [
+        ("SELECT 'bundle'::text", Ok(ProductType::Bundle)),
+        ("SELECT 'gadget'::text", Err(())),
+        ("SELECT 'Simple'::text", Err(())),
+    ] {
+        let decoded = sqlx::query_scalar::<_, ProductType>(sql)
+            .fetch_one(db)
+            .await;
+        assert_eq!(decoded.map_err(|_| ()), expected, "{sql}");
+    }
+    for (sql, expected) in [
+        ("SELECT 'archived'::text", Ok(ProductStatus::Archived)),
+        ("SELECT 'hidden'::text", Err(())),
+        ("SELECT ''::text", Err(())),
+    ] {
+        let decoded = sqlx::query_scalar::<_, ProductStatus>(sql)
+            .fetch_one(db)
+            .await;
+        assert_eq!(decoded.map_err(|_| ()), expected, "{sql}");
+    }
+
+    let lamp = shop.simple("Lamp", "LAMP", 100, 5, json!({})).await;
+    let desk = shop.simple("Desk", "DESK", 100, 5, json!({})).await;
+    sqlx::query("ALTER TABLE products DROP CONSTRAINT products_type_check")
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE products DROP CONSTRAINT products_status_check")
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE products SET type = 'gadget' WHERE id = $1::uuid")
+        .bind(lamp["id"].as_str().unwrap())
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE products SET status = 'hidden' WHERE id = $1::uuid")
+        .bind(desk["id"].as_str().unwrap())
+        .execute(db)
+        .await
+        .unwrap();
+    for product in [&lamp, &desk] {
+        let read = shop
+            .app
+            .get_as(
+                &shop.admin.access_token,
+                &format!("/api/v1/products/{}", product["id"].as_str().unwrap()),
+            )
+            .await;
+        assert_problem(read, 500).await;
+    }
+    let listing = shop
+        .app
+        .get_as(&shop.admin.access_token, "/api/v1/products?status=active")
+        .await;
+    assert_problem(listing, 500).await;
 }

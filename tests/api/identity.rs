@@ -519,3 +519,30 @@ async fn a_bootstrap_admin_is_created_on_first_start() {
     let token = tokens["access_token"].as_str().unwrap();
     assert_eq!(app.get_as(token, "/api/v1/admin/users").await.status(), 200);
 }
+
+/// Finding 12: a role outside the enum, read from the database, is an error (a logged 500), not
+/// a customer (it used to read as one, silently).
+#[tokio::test]
+async fn an_unknown_role_in_the_database_is_an_error_not_a_customer() {
+    use shop::identity::Role;
+    let app = TestApp::spawn().await;
+    for (sql, expected) in [
+        ("SELECT 'admin'::text", Ok(Role::Admin)),
+        ("SELECT 'superuser'::text", Err(())),
+        ("SELECT 'Admin'::text", Err(())),
+    ] {
+        let decoded = sqlx::query_scalar::<_, Role>(sql).fetch_one(&app.db).await;
+        assert_eq!(decoded.map_err(|_| ()), expected, "{sql}");
+    }
+    let customer = app.login_as_customer().await;
+    sqlx::query("ALTER TABLE users DROP CONSTRAINT users_role_check")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET role = 'superuser' WHERE id = $1")
+        .bind(customer.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_problem(app.login(&customer.email, CUSTOMER_PASSWORD).await, 500).await;
+}

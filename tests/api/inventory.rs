@@ -357,3 +357,206 @@ async fn admin_stock_edits_go_through_the_shard_and_cannot_undercut_holds() {
     assert_eq!(inventory(&app).available(&[item]).await.unwrap()[&item], 19);
     assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
 }
+
+/// Finding 13: the stock change and the rest of an admin update apply together or not at all.
+/// A clash on the SKU (409) used to leave the new stock behind, in PostgreSQL and in the shard.
+#[tokio::test]
+async fn an_admin_update_refused_for_its_sku_leaves_the_stock_unchanged() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let lamp = app
+        .created(
+            &admin.access_token,
+            "/api/v1/products",
+            &json!({"name": "Lamp", "sku": "LAMP", "price": 100, "stock": 10, "status": "active"}),
+        )
+        .await;
+    variant(&app, &admin, "DESK", 1).await;
+    let lamp_id = lamp["id"].as_str().unwrap();
+    let lamp_item: Uuid = lamp["variants"][0]["id"].as_str().unwrap().parse().unwrap();
+    // The shard has the variant in memory, so a stray change there would show.
+    assert_eq!(
+        inventory(&app).available(&[lamp_item]).await.unwrap()[&lamp_item],
+        10
+    );
+
+    let clash = app
+        .patch_json_as(
+            &admin.access_token,
+            &format!("/api/v1/products/{lamp_id}"),
+            &json!({"sku": "DESK", "stock": 3, "name": "Renamed lamp"}),
+        )
+        .await;
+    let problem = assert_problem(clash, 409).await;
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("sku-taken"),
+        "{problem}"
+    );
+    assert_eq!(ledger(&app, lamp_item).await, (10, 0, 0));
+    assert_eq!(
+        inventory(&app).available(&[lamp_item]).await.unwrap()[&lamp_item],
+        10
+    );
+    assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+    let detail: Value = app
+        .get(&format!("/api/v1/products/{lamp_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["stock"], 10);
+    assert_eq!(detail["name"], "Lamp");
+    assert_eq!(detail["sku"], "LAMP");
+
+    // The same for a variant of a variable product, whose SKU clashes with its sibling's.
+    let shirt = app
+        .created(
+            &admin.access_token,
+            "/api/v1/products",
+            &json!({"name": "Shirt", "type": "variable", "price": 2_000, "status": "active"}),
+        )
+        .await;
+    let shirt_id = shirt["id"].as_str().unwrap();
+    let small = app
+        .created(
+            &admin.access_token,
+            &format!("/api/v1/products/{shirt_id}/variants"),
+            &json!({"sku": "SHIRT-S", "options": {"size": "S"}, "stock": 8}),
+        )
+        .await;
+    app.created(
+        &admin.access_token,
+        &format!("/api/v1/products/{shirt_id}/variants"),
+        &json!({"sku": "SHIRT-M", "options": {"size": "M"}, "stock": 4}),
+    )
+    .await;
+    let small_id: Uuid = small["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        inventory(&app).available(&[small_id]).await.unwrap()[&small_id],
+        8
+    );
+    let clash = app
+        .patch_json_as(
+            &admin.access_token,
+            &format!("/api/v1/products/{shirt_id}/variants/{small_id}"),
+            &json!({"sku": "SHIRT-M", "stock": 30, "price": 2_500}),
+        )
+        .await;
+    let problem = assert_problem(clash, 409).await;
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("sku-taken"),
+        "{problem}"
+    );
+    assert_eq!(ledger(&app, small_id).await, (8, 0, 0));
+    assert_eq!(
+        inventory(&app).available(&[small_id]).await.unwrap()[&small_id],
+        8
+    );
+    assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+    let detail: Value = app
+        .get(&format!("/api/v1/products/{shirt_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let variants = detail["variants"].as_array().unwrap();
+    let small = variants.iter().find(|v| v["id"] == small["id"]).unwrap();
+    assert_eq!(
+        (small["stock"].clone(), small["price"].clone()),
+        (json!(8), json!(2_000))
+    );
+    assert_eq!(small["sku"], "SHIRT-S");
+    assert_eq!(detail["stock"], 12);
+}
+
+/// Finding 13, the other way round: a stock change the shard refuses (below what pending orders
+/// hold) leaves the other fields of the request unapplied; an allowed one applies everything.
+#[tokio::test]
+async fn an_admin_update_refused_for_its_stock_leaves_the_other_fields_unchanged() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let lamp = app
+        .created(
+            &admin.access_token,
+            "/api/v1/products",
+            &json!({"name": "Lamp", "sku": "LAMP", "price": 100, "stock": 10, "status": "active"}),
+        )
+        .await;
+    let id = lamp["id"].as_str().unwrap();
+    let item: Uuid = lamp["variants"][0]["id"].as_str().unwrap().parse().unwrap();
+    inventory(&app)
+        .reserve(Uuid::new_v4(), &one(item, 6), TTL)
+        .await
+        .unwrap();
+
+    let below = app
+        .patch_json_as(
+            &admin.access_token,
+            &format!("/api/v1/products/{id}"),
+            &json!({"stock": 5, "name": "Renamed lamp", "sku": "LAMP-2", "price": 150}),
+        )
+        .await;
+    let problem = assert_problem(below, 409).await;
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("stock-below-held"),
+        "{problem}"
+    );
+    let below = app
+        .patch_json_as(
+            &admin.access_token,
+            &format!("/api/v1/products/{id}/variants/{item}"),
+            &json!({"stock": 2, "sku": "LAMP-3", "price": 175}),
+        )
+        .await;
+    assert_problem(below, 409).await;
+    let detail: Value = app
+        .get(&format!("/api/v1/products/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["name"], "Lamp");
+    assert_eq!(detail["sku"], "LAMP");
+    assert_eq!(detail["price"], 100);
+    assert_eq!(detail["variants"][0]["price"], 100);
+    assert_eq!(detail["stock"], 4);
+    assert_eq!(ledger(&app, item).await, (10, 6, 0));
+
+    // Allowed: every field and the stock, in PostgreSQL and in the shard.
+    let updated = app
+        .patch_json_as(
+            &admin.access_token,
+            &format!("/api/v1/products/{id}"),
+            &json!({"stock": 20, "name": "Renamed lamp", "sku": "LAMP-2"}),
+        )
+        .await;
+    assert_eq!(updated.status().as_u16(), 200);
+    let updated: Value = updated.json().await.unwrap();
+    assert_eq!(
+        (
+            updated["name"].clone(),
+            updated["sku"].clone(),
+            updated["stock"].clone()
+        ),
+        (json!("Renamed lamp"), json!("LAMP-2"), json!(14))
+    );
+    let updated = app
+        .patch_json_as(
+            &admin.access_token,
+            &format!("/api/v1/products/{id}/variants/{item}"),
+            &json!({"stock": 7, "price": 175}),
+        )
+        .await;
+    assert_eq!(updated.status().as_u16(), 200);
+    let updated: Value = updated.json().await.unwrap();
+    assert_eq!(
+        (updated["stock"].clone(), updated["price"].clone()),
+        (json!(1), json!(175))
+    );
+    assert_eq!(ledger(&app, item).await, (7, 6, 0));
+    assert_eq!(inventory(&app).available(&[item]).await.unwrap()[&item], 1);
+    assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+}

@@ -819,6 +819,39 @@ async fn events_nobody_took_are_replayed_to_a_new_subscriber_until_marked_proces
     assert!(unprocessed_events(&app.db).await.unwrap().is_empty());
 }
 
+/// Finding 12: a stored event naming a provider outside the two is refused (and logged), not
+/// replayed as Stripe's (it used to be).
+#[tokio::test]
+async fn a_stored_event_of_an_unknown_provider_is_not_read_as_stripe() {
+    let app = TestApp::spawn().await;
+    let payments = &app.state.actors.payments;
+    let order = Uuid::new_v4();
+    let intent = payments
+        .create_intent(order, 1, 1_200, "usd", BTreeMap::new())
+        .await
+        .unwrap();
+    payments
+        .confirm(
+            &intent.id,
+            "pm_card_visa",
+            &IdempotencyKey::confirm(order, 1),
+        )
+        .await
+        .unwrap();
+    let pending = unprocessed_events(&app.db).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].intent_id, intent.id);
+    sqlx::query("ALTER TABLE stripe_events DROP CONSTRAINT stripe_events_provider_check")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE stripe_events SET provider = 'paypal'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(unprocessed_events(&app.db).await.unwrap().is_empty());
+}
+
 impl Shop {
     /// [`Shop::router_drained`] for a shop without a webhook secret: a fresh simulated event.
     async fn router_drained_simulated(&self) {

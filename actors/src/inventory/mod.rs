@@ -8,14 +8,17 @@
 mod shard;
 mod store;
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryFutureExt};
 use ractor::ActorCell;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::instrument::{ActorError, Slot};
@@ -53,6 +56,36 @@ impl From<sqlx::Error> for InventoryError {
     fn from(error: sqlx::Error) -> Self {
         Self::Storage(error.to_string())
     }
+}
+
+/// Writes that must commit together with a stock change, or not at all: they run in the
+/// transaction that sets the units on hand (see [`Inventory::set_on_hand_with`]). Their error is
+/// the caller's own type, carried through the shard unopened.
+pub type Writes = Box<
+    dyn for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<(), Box<dyn Any + Send>>>
+        + Send,
+>;
+
+/// Why a stock change with writes was not applied (as the shard answers it).
+pub enum EditFailure {
+    Inventory(InventoryError),
+    /// The caller's writes failed; their error, as the caller's type.
+    Writes(Box<dyn Any + Send>),
+    /// The caller stopped waiting before the commit, so nothing was committed.
+    Abandoned,
+}
+
+impl From<InventoryError> for EditFailure {
+    fn from(error: InventoryError) -> Self {
+        Self::Inventory(error)
+    }
+}
+
+/// Why [`Inventory::set_on_hand_with`] applied nothing.
+#[derive(Debug)]
+pub enum EditError<E> {
+    Inventory(InventoryError),
+    Writes(E),
 }
 
 pub struct InventoryKind;
@@ -350,17 +383,82 @@ impl Inventory {
     /// Sets the units on hand of a variant (admin stock edits), refusing to go below what pending
     /// orders hold.
     pub async fn set_on_hand(&self, variant: Uuid, on_hand: i32) -> Result<(), InventoryError> {
+        match self.edit(variant, on_hand, None).await {
+            Ok(()) => Ok(()),
+            Err(EditFailure::Inventory(error)) => Err(error),
+            Err(EditFailure::Writes(_)) => Err(InventoryError::Storage(
+                "writes failed although none were given".into(),
+            )),
+            Err(EditFailure::Abandoned) => Err(self.gave_up()),
+        }
+    }
+
+    /// Sets the units on hand of a variant and applies `writes` (say, the rest of an admin's
+    /// product update) in the same transaction: both or neither. The shard refuses a stock below
+    /// what pending orders hold before running the writes; if the writes fail, their error comes
+    /// back as [`EditError::Writes`] and the stock is unchanged, in PostgreSQL and in memory.
+    ///
+    /// The writes run inside the shard's turn: keep them to a few statements on the edited rows.
+    /// A timeout means the call's outcome is unknown only if it fell during the commit itself; a
+    /// caller that gave up earlier is seen by the shard, which then rolls back.
+    pub async fn set_on_hand_with<E, F>(
+        &self,
+        variant: Uuid,
+        on_hand: i32,
+        writes: F,
+    ) -> Result<(), EditError<E>>
+    where
+        E: Send + 'static,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<(), E>> + Send + 'static,
+    {
+        let erased: Writes = Box::new(move |conn: &mut PgConnection| {
+            writes(conn)
+                .map_err(|error| Box::new(error) as Box<dyn Any + Send>)
+                .boxed()
+        });
+        match self.edit(variant, on_hand, Some(erased)).await {
+            Ok(()) => Ok(()),
+            Err(EditFailure::Inventory(error)) => Err(EditError::Inventory(error)),
+            Err(EditFailure::Writes(error)) => match error.downcast::<E>() {
+                Ok(error) => Err(EditError::Writes(*error)),
+                // Only this function builds the erased writes, always with `E`.
+                Err(_) => Err(EditError::Inventory(InventoryError::Storage(
+                    "the writes failed with an error of another type".into(),
+                ))),
+            },
+            Err(EditFailure::Abandoned) => Err(EditError::Inventory(self.gave_up())),
+        }
+    }
+
+    async fn edit(
+        &self,
+        variant: Uuid,
+        on_hand: i32,
+        writes: Option<Writes>,
+    ) -> Result<(), EditFailure> {
         self.shards[self.shard_of(variant)]
-            .get()?
+            .get()
+            .map_err(InventoryError::from)?
             .call(
                 |reply| ShardMsg::SetOnHand {
                     variant,
                     on_hand,
+                    writes,
                     reply,
                 },
                 self.timeout,
             )
-            .await?
+            .await
+            .map_err(InventoryError::from)?
+    }
+
+    /// The shard answers `Abandoned` only to a caller that is no longer listening, so this is
+    /// what that caller's own timeout looks like.
+    fn gave_up(&self) -> InventoryError {
+        InventoryError::Actor(ActorError::Timeout {
+            kind: InventoryShard::KIND_NAME,
+            timeout: self.timeout,
+        })
     }
 
     /// Compares every shard's memory with PostgreSQL; the number of variants that disagree

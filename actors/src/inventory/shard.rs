@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::store::{self, HoldRow};
-use super::{Demand, InventoryError, Shortage, shard_index};
+use super::{Demand, EditFailure, InventoryError, Shortage, Writes, shard_index};
 use crate::instrument::{Mailbox, ShopActor};
 
 pub enum ShardMsg {
@@ -44,10 +44,13 @@ pub enum ShardMsg {
         owner: Uuid,
         reply: RpcReplyPort<Result<i32, InventoryError>>,
     },
+    /// Sets a variant's units on hand, together with the caller's `writes` (if any) in one
+    /// transaction that commits only if the stock change is allowed and the writes succeed.
     SetOnHand {
         variant: Uuid,
         on_hand: i32,
-        reply: RpcReplyPort<Result<(), InventoryError>>,
+        writes: Option<Writes>,
+        reply: RpcReplyPort<Result<(), EditFailure>>,
     },
     /// Release holds whose time is up (the shard's own timer).
     ExpireDue,
@@ -267,6 +270,46 @@ impl ShardState {
             .sum()
     }
 
+    /// The stock change and the caller's writes commit together or not at all, and memory follows
+    /// only what was committed. The writes run in this shard's turn, so no reservation or commit of
+    /// the variant can slip between the check against held units and the commit.
+    async fn set_on_hand<R>(
+        &mut self,
+        variant: Uuid,
+        on_hand: i32,
+        writes: Option<Writes>,
+        reply: &RpcReplyPort<R>,
+    ) -> Result<(), EditFailure> {
+        self.load(&[variant]).await?;
+        let held = self.stock.get(&variant).map_or(0, |s| s.held);
+        if on_hand < held {
+            return Err(InventoryError::BelowHeld { held }.into());
+        }
+        let mut tx = self.db.begin().await.map_err(InventoryError::from)?;
+        if let Some(writes) = writes {
+            // Dropping `tx` on the way out rolls back whatever the writes did.
+            writes(&mut tx).await.map_err(EditFailure::Writes)?;
+        }
+        store::set_on_hand(&mut tx, variant, on_hand)
+            .await
+            .map_err(InventoryError::from)?;
+        if reply.is_closed() {
+            // The caller has given up (timed out) and answered its client with an error: applying
+            // the change now would make that failed request take effect.
+            return Err(EditFailure::Abandoned);
+        }
+        if let Err(error) = tx.commit().await {
+            // Whether PostgreSQL committed is unknown: forget the variant, so that its next touch
+            // reloads what was persisted instead of trusting either guess.
+            self.stock.remove(&variant);
+            return Err(InventoryError::from(error).into());
+        }
+        if let Some(stock) = self.stock.get_mut(&variant) {
+            stock.on_hand = on_hand;
+        }
+        Ok(())
+    }
+
     async fn release(
         &mut self,
         owners: &[Uuid],
@@ -413,22 +456,11 @@ impl ShopActor for InventoryShard {
             ShardMsg::SetOnHand {
                 variant,
                 on_hand,
+                writes,
                 reply,
             } => {
                 state.flush().await;
-                let answer = async {
-                    state.load(&[variant]).await?;
-                    let held = state.stock.get(&variant).map_or(0, |s| s.held);
-                    if on_hand < held {
-                        return Err(InventoryError::BelowHeld { held });
-                    }
-                    store::set_on_hand(&state.db, variant, on_hand).await?;
-                    if let Some(stock) = state.stock.get_mut(&variant) {
-                        stock.on_hand = on_hand;
-                    }
-                    Ok(())
-                }
-                .await;
+                let answer = state.set_on_hand(variant, on_hand, writes, &reply).await;
                 let _ = reply.send(answer);
             }
             ShardMsg::ExpireDue => {

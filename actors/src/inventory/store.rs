@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Per bundle variant among `variants`: its components and units of each per bundle.
@@ -137,11 +137,16 @@ pub async fn commit(
     Ok(sold)
 }
 
-pub async fn set_on_hand(db: &PgPool, variant: Uuid, on_hand: i32) -> Result<(), sqlx::Error> {
+/// In the shard's transaction, which also carries the caller's writes.
+pub async fn set_on_hand(
+    tx: &mut PgConnection,
+    variant: Uuid,
+    on_hand: i32,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE product_variants SET stock = $2 WHERE id = $1")
         .bind(variant)
         .bind(on_hand)
-        .execute(db)
+        .execute(tx)
         .await?;
     Ok(())
 }
