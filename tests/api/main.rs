@@ -6,6 +6,7 @@ mod helpers;
 
 mod carts;
 mod catalog;
+mod chaos;
 mod cli;
 mod deploy_files;
 mod emails;
