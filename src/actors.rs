@@ -12,10 +12,11 @@ use sqlx::PgPool;
 use crate::config::Settings;
 use crate::messaging::relay::RelayArgs;
 use crate::messaging::{EmailDispatcher, Messaging, OutboxRelay};
-use crate::orders::saga::SagaDeps;
-use crate::orders::supervisor::{OrderSupervisorMsg, Orders};
+use crate::orders::ledger::PgOrderLedger;
 use crate::payments::refunds::Ledger;
 use crate::payments::{MailboxSink, PaymentProvider, PaymentRouter, SubscriptionId};
+use shop_actors::orders::saga::SagaDeps;
+use shop_actors::orders::supervisor::{OrderSupervisorMsg, Orders};
 
 pub struct Actors {
     system: ActorSystem,
@@ -84,9 +85,9 @@ impl Actors {
         let (orders, orders_spec) = Orders::new(
             prefix,
             SagaDeps {
-                db: db.clone(),
+                ledger: std::sync::Arc::new(PgOrderLedger::new(db.clone())),
                 inventory: inventory.clone(),
-                payments: payments.clone(),
+                payments: std::sync::Arc::new(payments.clone()),
                 refunds: refunds.clone(),
             },
             Duration::from_secs(checkout.call_timeout_secs),
@@ -110,7 +111,7 @@ impl Actors {
             orders_spec,
             payment_router.child_spec(
                 ActorSystem::child_name(prefix, PaymentRouter::SLOT),
-                db.clone(),
+                std::sync::Arc::new(crate::payments::events::StoredEvents(db.clone())),
                 Duration::from_secs(checkout.redeliver_interval_secs.max(1)),
             ),
             refunds_spec,

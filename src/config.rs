@@ -253,8 +253,7 @@ pub struct CheckoutSettings {
     pub refund_interval_secs: u64,
 }
 
-/// How much earlier than its caller's timeout an order saga stops starting new steps.
-pub const SAGA_MARGIN: Duration = Duration::from_secs(2);
+pub use shop_actors::orders::SAGA_MARGIN;
 
 fn default_checkout_call_timeout_secs() -> u64 {
     20

@@ -6,6 +6,9 @@ pub mod carts;
 pub mod instrument;
 pub mod inventory;
 pub mod keyed;
+pub mod orders;
+pub mod payment_router;
+pub mod payments;
 pub mod refunds;
 pub mod root;
 

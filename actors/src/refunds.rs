@@ -14,6 +14,27 @@ use ractor::{ActorProcessingErr, RpcReplyPort};
 use crate::instrument::{ActorError, Mailbox, ShopActor, Slot};
 use crate::root::ChildSpec;
 
+/// Why the shop gives money back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundReason {
+    /// A payment that succeeded for an order that had been cancelled (or lost its stock).
+    LatePayment,
+    /// A payment whose amount or currency is not its order's.
+    Mismatch,
+    /// An admin's refund, whole or partial.
+    Admin,
+}
+
+impl RefundReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LatePayment => "late_payment",
+            Self::Mismatch => "mismatch",
+            Self::Admin => "admin",
+        }
+    }
+}
+
 /// What one pass over the refunds that are due found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RefundPass {

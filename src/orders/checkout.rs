@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::ShippingAddress;
 use super::saga::{Checkout, CheckoutError};
-use super::store::{self, NewLine, NewOrder};
+use super::store;
+use super::{NewLine, NewOrder};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -123,7 +124,8 @@ async fn place(
         subtotal: cart.subtotal,
         discount_total: cart.discount_total,
         currency: cart.currency.clone(),
-        shipping_address: request.address,
+        shipping_address: serde_json::to_value(&request.address)
+            .map_err(|e| refused(AppError::Internal(e.into())))?,
         expires_at,
         payment_provider: state.actors.payments.name().to_owned(),
     };

@@ -3,10 +3,22 @@
 //! commit or release), with every status change kept in its history.
 
 pub mod checkout;
+pub mod ledger;
 pub mod notify;
-pub mod saga;
 pub mod store;
-pub mod supervisor;
+
+pub use shop_actors::orders::{NewLine, NewOrder, OrderStatus, UnknownStatus, saga, supervisor};
+
+/// The email the customer gets when an order reaches `status`, if any.
+pub fn email_for(status: OrderStatus) -> Option<crate::messaging::OrderEmailKind> {
+    use crate::messaging::OrderEmailKind;
+    match status {
+        OrderStatus::Paid => Some(OrderEmailKind::Paid),
+        OrderStatus::Cancelled => Some(OrderEmailKind::Cancelled),
+        OrderStatus::Refunded => Some(OrderEmailKind::Refunded),
+        OrderStatus::Pending | OrderStatus::Shipped | OrderStatus::Delivered => None,
+    }
+}
 
 use std::collections::BTreeMap;
 
@@ -17,83 +29,6 @@ use uuid::Uuid;
 
 use crate::catalog::{Fields, parse_name};
 use crate::error::AppError;
-
-/// A status string that is none of [`OrderStatus`]'s.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown order status {0:?}")]
-pub struct UnknownStatus(pub String);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OrderStatus {
-    Pending,
-    Paid,
-    Shipped,
-    Delivered,
-    Cancelled,
-    Refunded,
-}
-
-impl OrderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Paid => "paid",
-            Self::Shipped => "shipped",
-            Self::Delivered => "delivered",
-            Self::Cancelled => "cancelled",
-            Self::Refunded => "refunded",
-        }
-    }
-
-    /// A stored or sent status; anything else is an error, never a default.
-    pub fn parse(raw: &str) -> Result<Self, UnknownStatus> {
-        Ok(match raw {
-            "pending" => Self::Pending,
-            "paid" => Self::Paid,
-            "shipped" => Self::Shipped,
-            "delivered" => Self::Delivered,
-            "cancelled" => Self::Cancelled,
-            "refunded" => Self::Refunded,
-            _ => return Err(UnknownStatus(raw.to_owned())),
-        })
-    }
-
-    /// [`parse`](Self::parse) for a column read from PostgreSQL: an unknown value fails the read.
-    pub fn decode(raw: &str) -> Result<Self, sqlx::Error> {
-        Self::parse(raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-    }
-
-    /// The workflow: `pending → paid → shipped → delivered`, `pending → cancelled`,
-    /// `paid | delivered → refunded`. Anything else is refused.
-    pub fn can_become(self, next: Self) -> bool {
-        matches!(
-            (self, next),
-            (Self::Pending, Self::Paid)
-                | (Self::Pending, Self::Cancelled)
-                | (Self::Paid, Self::Shipped)
-                | (Self::Shipped, Self::Delivered)
-                | (Self::Paid, Self::Refunded)
-                | (Self::Delivered, Self::Refunded)
-        )
-    }
-
-    /// No saga runs for an order in a final state.
-    pub fn is_final(self) -> bool {
-        !matches!(self, Self::Pending)
-    }
-
-    /// The email the customer gets when an order reaches this status, if any.
-    pub fn email(self) -> Option<crate::messaging::OrderEmailKind> {
-        use crate::messaging::OrderEmailKind;
-        match self {
-            Self::Paid => Some(OrderEmailKind::Paid),
-            Self::Cancelled => Some(OrderEmailKind::Cancelled),
-            Self::Refunded => Some(OrderEmailKind::Refunded),
-            Self::Pending | Self::Shipped | Self::Delivered => None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -211,40 +146,4 @@ pub struct Order {
     pub status_history: Option<Vec<StatusChange>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::OrderStatus::*;
-
-    #[test]
-    fn every_status_round_trips_and_an_unknown_one_is_an_error() {
-        for status in [Pending, Paid, Shipped, Delivered, Cancelled, Refunded] {
-            assert_eq!(super::OrderStatus::parse(status.as_str()), Ok(status));
-        }
-        assert!(super::OrderStatus::parse("payment_failed").is_err());
-        assert!(super::OrderStatus::parse("").is_err());
-        assert!(super::OrderStatus::parse("Pending").is_err());
-    }
-
-    #[test]
-    fn only_the_workflow_transitions_are_allowed() {
-        let all = [Pending, Paid, Shipped, Delivered, Cancelled, Refunded];
-        let allowed: Vec<_> = all
-            .iter()
-            .flat_map(|from| all.iter().map(move |to| (*from, *to)))
-            .filter(|(from, to)| from.can_become(*to))
-            .collect();
-        assert_eq!(
-            allowed,
-            vec![
-                (Pending, Paid),
-                (Pending, Cancelled),
-                (Paid, Shipped),
-                (Paid, Refunded),
-                (Shipped, Delivered),
-                (Delivered, Refunded),
-            ]
-        );
-    }
 }

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::{Order, OrderItem, OrderStatus, Payment, ShippingAddress, StatusChange};
+use super::{
+    NewOrder, Order, OrderItem, OrderStatus, Payment, ShippingAddress, StatusChange, email_for,
+};
 
 #[derive(FromRow)]
 struct OrderRow {
@@ -181,28 +183,6 @@ pub async fn list(
     Ok((with_items(db, rows).await?, total))
 }
 
-pub struct NewOrder {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub lines: Vec<NewLine>,
-    pub subtotal: i64,
-    pub discount_total: i64,
-    pub currency: String,
-    pub shipping_address: ShippingAddress,
-    pub expires_at: DateTime<Utc>,
-    pub payment_provider: String,
-}
-
-pub struct NewLine {
-    pub variant_id: Uuid,
-    pub product_id: Uuid,
-    pub sku: String,
-    pub name: String,
-    pub options: BTreeMap<String, String>,
-    pub unit_price: i64,
-    pub quantity: i32,
-}
-
 /// Writes a new pending order awaiting the payment of `intent`, its lines and its first history
 /// row. `reserved_units`: what the inventory holds for it.
 pub async fn insert(
@@ -225,7 +205,7 @@ pub async fn insert(
     .bind(order.discount_total)
     .bind(order.subtotal - order.discount_total)
     .bind(&order.currency)
-    .bind(sqlx::types::Json(&order.shipping_address))
+    .bind(&order.shipping_address)
     .bind(order.expires_at)
     .bind(&order.payment_provider)
     .bind(&intent.id)
@@ -327,7 +307,7 @@ pub async fn transition(
         return Ok(false);
     }
     record_history(&mut *tx, order, Some(from), to, actor, reason).await?;
-    if let Some(email) = to.email() {
+    if let Some(email) = email_for(to) {
         super::notify::order_changed(&mut *tx, order, email).await?;
     }
     Ok(true)

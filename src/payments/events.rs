@@ -15,62 +15,16 @@ use uuid::Uuid;
 
 use super::router::PaymentRouter;
 use super::transactions::{self, NewTransaction, TransactionKind};
+use super::{PaymentEvent, PaymentEventKind};
 
-/// What happened to a payment, as the order saga needs to know it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentEventKind {
-    /// `payment_intent.succeeded`: the money is taken.
-    Succeeded,
-    /// `payment_intent.payment_failed`: the attempt was declined; the intent can be confirmed
-    /// again with another payment method.
-    Failed,
-    /// `payment_intent.canceled`.
-    Canceled,
-    /// `charge.refunded`: some or all of the charge went back.
-    Refunded,
-}
-
-impl PaymentEventKind {
-    pub fn from_event_type(event_type: &str) -> Option<Self> {
-        Some(match event_type {
-            "payment_intent.succeeded" => Self::Succeeded,
-            "payment_intent.payment_failed" => Self::Failed,
-            "payment_intent.canceled" => Self::Canceled,
-            "charge.refunded" => Self::Refunded,
-            _ => return None,
-        })
+/// The `payment_transactions.kind` an event of this kind is recorded as.
+fn transaction_kind(kind: PaymentEventKind) -> TransactionKind {
+    match kind {
+        PaymentEventKind::Succeeded => TransactionKind::Succeeded,
+        PaymentEventKind::Failed => TransactionKind::Failed,
+        PaymentEventKind::Canceled => TransactionKind::Canceled,
+        PaymentEventKind::Refunded => TransactionKind::Refund,
     }
-
-    fn transaction_kind(self) -> TransactionKind {
-        match self {
-            Self::Succeeded => TransactionKind::Succeeded,
-            Self::Failed => TransactionKind::Failed,
-            Self::Canceled => TransactionKind::Canceled,
-            Self::Refunded => TransactionKind::Refund,
-        }
-    }
-}
-
-/// A verified, stored event about an order's payment, as the router forwards it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PaymentEvent {
-    /// `evt_...`: the key to [`mark_processed`] it with.
-    pub event_id: String,
-    pub kind: PaymentEventKind,
-    /// `pi_...`; for `Refunded`, the intent the refunded charge belongs to.
-    pub intent_id: String,
-    /// From the intent's (or charge's) `metadata.order_id`.
-    pub order_id: Uuid,
-    /// Minor units. `Succeeded`: the amount received; `Failed`, `Canceled`: the intent's amount;
-    /// `Refunded`: the total refunded so far on the charge (not only this refund).
-    pub amount: i64,
-    /// Lower-case ISO 4217.
-    pub currency: String,
-    /// `Failed`: why (`last_payment_error.message`, else its code).
-    pub error: Option<String>,
-    /// The whole event as received.
-    pub payload: Value,
 }
 
 /// Why a verified body is not an event we can store.
@@ -276,7 +230,7 @@ pub(crate) async fn store(
             order_id: routed.order_id,
             provider: event.provider,
             intent_id: routed.intent_id.clone(),
-            kind: outcome.kind.transaction_kind(),
+            kind: transaction_kind(outcome.kind),
             amount: routed.amount,
             currency: routed.currency.clone(),
             status: outcome.status.clone(),
@@ -332,6 +286,23 @@ fn stored_provider(stored: &str) -> Option<&'static str> {
         "simulated" => Some("simulated"),
         "stripe" => Some("stripe"),
         _ => None,
+    }
+}
+
+/// The payment router's view of the stored events.
+pub struct StoredEvents(pub PgPool);
+
+impl shop_actors::payment_router::PaymentEventStore for StoredEvents {
+    fn unprocessed(
+        &self,
+        age: std::time::Duration,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<PaymentEvent>, String>> {
+        Box::pin(async move {
+            let age = chrono::Duration::from_std(age).map_err(|e| e.to_string())?;
+            unprocessed_events_older_than(&self.0, age)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

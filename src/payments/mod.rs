@@ -16,7 +16,6 @@
 
 pub mod events;
 pub mod refunds;
-pub mod router;
 pub mod signature;
 mod simulated;
 mod stripe;
@@ -26,102 +25,21 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::{self, Settings};
 
-pub use events::{PaymentEvent, PaymentEventKind};
-pub use router::{MailboxSink, PaymentEventSink, PaymentRouter, SinkClosed, SubscriptionId};
+pub use shop_actors::payment_router::{
+    self as router, MailboxSink, PaymentEventSink, PaymentRouter, SinkClosed, SubscriptionId,
+};
+pub use shop_actors::payments::{
+    IdempotencyKey, IntentStatus, PaymentError, PaymentEvent, PaymentEventKind, PaymentIntent,
+};
 pub use simulated::SimulatedProvider;
 pub use stripe::StripeProvider;
 pub use transactions::{NewTransaction, TransactionKind};
-
-/// Where a PaymentIntent stands, in Stripe's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IntentStatus {
-    RequiresPaymentMethod,
-    RequiresConfirmation,
-    RequiresAction,
-    /// Only with manual capture, which the shop does not use; kept so that such an intent is
-    /// read rather than refused.
-    RequiresCapture,
-    Processing,
-    Succeeded,
-    Canceled,
-}
-
-impl IntentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RequiresPaymentMethod => "requires_payment_method",
-            Self::RequiresConfirmation => "requires_confirmation",
-            Self::RequiresAction => "requires_action",
-            Self::RequiresCapture => "requires_capture",
-            Self::Processing => "processing",
-            Self::Succeeded => "succeeded",
-            Self::Canceled => "canceled",
-        }
-    }
-
-    pub fn parse(status: &str) -> Option<Self> {
-        Some(match status {
-            "requires_payment_method" => Self::RequiresPaymentMethod,
-            "requires_confirmation" => Self::RequiresConfirmation,
-            "requires_action" => Self::RequiresAction,
-            "requires_capture" => Self::RequiresCapture,
-            "processing" => Self::Processing,
-            "succeeded" => Self::Succeeded,
-            "canceled" => Self::Canceled,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for IntentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A PaymentIntent as the provider answered it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PaymentIntent {
-    /// `pi_...`
-    pub id: String,
-    /// For the client to confirm with (Stripe.js); always present for intents made with a
-    /// secret key.
-    pub client_secret: Option<String>,
-    pub status: IntentStatus,
-    /// Minor units.
-    pub amount: i64,
-    /// What was actually charged (minor units): `amount` once succeeded, else 0.
-    pub amount_received: i64,
-    /// Lower-case ISO 4217.
-    pub currency: String,
-    /// Why the last attempt failed (a declined card), as the provider put it.
-    pub last_payment_error: Option<String>,
-    /// `ch_...` of the last charge, once there is one.
-    pub latest_charge: Option<String>,
-    /// `order_id` and `attempt` are always there; anything the caller added too.
-    pub metadata: BTreeMap<String, String>,
-    /// The provider's object, as JSON.
-    pub raw: serde_json::Value,
-}
-
-impl PaymentIntent {
-    /// The last confirmation was declined and the intent awaits another payment method.
-    pub fn declined(&self) -> bool {
-        self.status == IntentStatus::RequiresPaymentMethod && self.last_payment_error.is_some()
-    }
-
-    /// The order this intent was made for (`metadata.order_id`).
-    pub fn order_id(&self) -> Option<Uuid> {
-        self.metadata.get("order_id")?.parse().ok()
-    }
-}
 
 /// A refund as the provider answered it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -135,101 +53,6 @@ pub struct Refund {
     /// `succeeded`, `pending`, `failed`...
     pub status: String,
     pub raw: serde_json::Value,
-}
-
-/// What a call that changes something is, in its idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Operation {
-    Create,
-    Confirm,
-    Cancel,
-}
-
-/// The `Idempotency-Key` of a call: derived from the order and attempt, never random, so the same
-/// call made again (a retry after a timeout, a saga resumed after a crash) has the same key and the
-/// provider answers it without acting twice. The same key with other parameters is refused by the
-/// provider: a new card is a new attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    fn new(order_id: Uuid, attempt: u32, operation: Operation) -> Self {
-        let operation = match operation {
-            Operation::Create => "create",
-            Operation::Confirm => "confirm",
-            Operation::Cancel => "cancel",
-        };
-        Self(format!("order:{order_id}:attempt:{attempt}:{operation}"))
-    }
-
-    /// `order:{id}:attempt:{n}:create`; [`PaymentProvider::create_intent`] derives it itself.
-    pub fn create(order_id: Uuid, attempt: u32) -> Self {
-        Self::new(order_id, attempt, Operation::Create)
-    }
-
-    /// `order:{id}:attempt:{n}:confirm`: one per payment attempt (each `POST /orders/{id}/pay`).
-    pub fn confirm(order_id: Uuid, attempt: u32) -> Self {
-        Self::new(order_id, attempt, Operation::Confirm)
-    }
-
-    /// `order:{id}:attempt:{n}:cancel`, `n` being the attempt whose intent is canceled.
-    pub fn cancel(order_id: Uuid, attempt: u32) -> Self {
-        Self::new(order_id, attempt, Operation::Cancel)
-    }
-
-    /// `order:{id}:refund:{n}`: the `n`-th refund of the order (1, 2, ... for partial refunds).
-    pub fn refund(order_id: Uuid, refund: u32) -> Self {
-        Self(format!("order:{order_id}:refund:{refund}"))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Why a provider call did not give an answer. A declined card is not one of these (see the
-/// module doc).
-#[derive(Debug, thiserror::Error)]
-pub enum PaymentError {
-    /// Refused before anything was sent: a non-positive amount, a malformed currency.
-    #[error("invalid payment request: {0}")]
-    Invalid(String),
-    #[error("no such payment object: {0}")]
-    NotFound(String),
-    /// The provider refused the request: an intent in the wrong state, an idempotency key reused
-    /// with other parameters, nothing left to refund.
-    #[error("the payment provider refused the request ({status}, {code}): {message}")]
-    Refused {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    /// No answer in time: the call may or may not have taken effect; repeat it with the same key.
-    #[error("the payment provider did not answer within {0:?}")]
-    Timeout(Duration),
-    /// Network trouble or a 5xx/429: repeat the call with the same key.
-    #[error("the payment provider is unavailable: {0}")]
-    Unavailable(String),
-    #[error("unexpected answer from the payment provider: {0}")]
-    Unexpected(String),
-    #[error("payments database: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
-impl PaymentError {
-    /// Whether the same call, with the same key, may succeed later.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout(_) | Self::Unavailable(_) | Self::Database(_)
-        )
-    }
 }
 
 /// Amount and currency as every provider wants them: a positive amount in minor units, a
@@ -411,6 +234,59 @@ impl PaymentProvider {
         if let Err(error) = transactions::record(self.db(), &row).await {
             tracing::error!(%order_id, intent = %intent.id, ?kind, %error, "payment transaction not recorded");
         }
+    }
+}
+
+/// The order saga's view of the provider (see `shop_actors::payments`).
+impl shop_actors::payments::PaymentGateway for PaymentProvider {
+    fn name(&self) -> &'static str {
+        PaymentProvider::name(self)
+    }
+
+    fn create_intent<'a>(
+        &'a self,
+        order_id: Uuid,
+        attempt: u32,
+        amount: i64,
+        currency: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<PaymentIntent, PaymentError>> {
+        Box::pin(PaymentProvider::create_intent(
+            self,
+            order_id,
+            attempt,
+            amount,
+            currency,
+            BTreeMap::new(),
+        ))
+    }
+
+    fn confirm<'a>(
+        &'a self,
+        intent_id: &'a str,
+        payment_method: &'a str,
+        key: &'a IdempotencyKey,
+    ) -> futures::future::BoxFuture<'a, Result<PaymentIntent, PaymentError>> {
+        Box::pin(PaymentProvider::confirm(
+            self,
+            intent_id,
+            payment_method,
+            key,
+        ))
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        intent_id: &'a str,
+        key: &'a IdempotencyKey,
+    ) -> futures::future::BoxFuture<'a, Result<PaymentIntent, PaymentError>> {
+        Box::pin(PaymentProvider::cancel(self, intent_id, key))
+    }
+
+    fn retrieve<'a>(
+        &'a self,
+        intent_id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<PaymentIntent, PaymentError>> {
+        Box::pin(PaymentProvider::retrieve(self, intent_id))
     }
 }
 

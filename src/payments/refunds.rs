@@ -8,33 +8,13 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+pub use shop_actors::refunds::RefundReason;
 use shop_actors::refunds::{RefundLedger, RefundPass};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{IdempotencyKey, PaymentError, PaymentProvider};
 use crate::orders::store::{self, TransitionError};
-
-/// Why the shop gives money back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefundReason {
-    /// A payment that succeeded for an order that had been cancelled (or lost its stock).
-    LatePayment,
-    /// A payment whose amount or currency is not its order's.
-    Mismatch,
-    /// An admin's refund, whole or partial.
-    Admin,
-}
-
-impl RefundReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::LatePayment => "late_payment",
-            Self::Mismatch => "mismatch",
-            Self::Admin => "admin",
-        }
-    }
-}
 
 /// A refund to decide.
 pub struct Owed<'a> {

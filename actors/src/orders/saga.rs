@@ -22,23 +22,21 @@
 //! An event is processed only in the transaction that commits its effect; an event whose effect
 //! could not be committed stays unprocessed and the payment router hands it over again.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{ActorProcessingErr, RpcReplyPort};
-use shop_actors::inventory::{Demand, Inventory, InventoryError, Shortage};
-use shop_actors::refunds::Refunds;
-use shop_actors::{Mailbox, ShopActor};
-use sqlx::PgPool;
-use uuid::Uuid;
 
-use super::OrderStatus;
-use super::store::{self, NewOrder, TransitionError};
-use crate::payments::refunds::{self, Owed, RefundReason};
+use super::{LedgerError, NewOrder, OrderLedger, OrderSnapshot, OrderStatus, OwedRefund};
+use crate::instrument::{Mailbox, ShopActor};
+use crate::inventory::{Demand, Inventory, InventoryError, Shortage};
 use crate::payments::{
-    IdempotencyKey, IntentStatus, PaymentError, PaymentEvent, PaymentEventKind, PaymentIntent,
-    PaymentProvider,
+    IdempotencyKey, IntentStatus, PaymentError, PaymentEvent, PaymentEventKind, PaymentGateway,
+    PaymentIntent,
 };
+use crate::refunds::{RefundReason, Refunds};
+use uuid::Uuid;
 
 /// Why a checkout did not produce an order. In every case nothing was created.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -68,14 +66,8 @@ pub enum SagaError {
     Unavailable(String),
 }
 
-impl From<sqlx::Error> for SagaError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Unavailable(error.to_string())
-    }
-}
-
-impl From<TransitionError> for SagaError {
-    fn from(error: TransitionError) -> Self {
+impl From<LedgerError> for SagaError {
+    fn from(error: LedgerError) -> Self {
         Self::Unavailable(error.to_string())
     }
 }
@@ -111,9 +103,9 @@ pub enum SagaMsg {
 
 #[derive(Clone)]
 pub struct SagaDeps {
-    pub db: PgPool,
+    pub ledger: Arc<dyn OrderLedger>,
     pub inventory: Inventory,
-    pub payments: PaymentProvider,
+    pub payments: Arc<dyn PaymentGateway>,
     pub refunds: Refunds,
 }
 
@@ -140,34 +132,6 @@ const COMMIT_BUDGET: Duration = Duration::from_secs(15);
 /// How soon an expiry whose cancel could not be decided (the provider did not answer) is tried
 /// again.
 const EXPIRY_RETRY: Duration = Duration::from_secs(5);
-
-/// What the saga reads of its order before each decision.
-#[derive(sqlx::FromRow)]
-struct Snapshot {
-    status: String,
-    total: i64,
-    currency: String,
-    expires_at: DateTime<Utc>,
-    payment_intent_id: Option<String>,
-    payment_attempt: i32,
-    reserved_units: i32,
-}
-
-impl Snapshot {
-    fn status(&self) -> Result<OrderStatus, sqlx::Error> {
-        OrderStatus::decode(&self.status)
-    }
-}
-
-async fn snapshot(db: &PgPool, order: Uuid) -> Result<Option<Snapshot>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT status, total, currency, expires_at, payment_intent_id, payment_attempt, reserved_units
-         FROM orders WHERE id = $1",
-    )
-    .bind(order)
-    .fetch_optional(db)
-    .await
-}
 
 /// A payment the provider reports as taken: from an event, or read back from the intent when a
 /// cancel found it had succeeded.
@@ -220,8 +184,8 @@ impl SagaState {
     }
 
     /// Stops the saga once its order is final (or does not exist): nothing more to walk.
-    async fn stop_if_settled(&self) -> Result<(), sqlx::Error> {
-        let status = store::status_of(&self.deps.db, self.order_id).await?;
+    async fn stop_if_settled(&self) -> Result<(), LedgerError> {
+        let status = self.deps.ledger.status_of(self.order_id).await?;
         if status.is_none_or(OrderStatus::is_final) {
             self.myself.cell().stop(Some("order settled".into()));
         }
@@ -260,8 +224,8 @@ impl SagaState {
                 self.release_stock().await;
                 // A concurrent checkout with the same key won: answer with its order.
                 if let Some((key, _)) = &checkout.idempotency
-                    && let Ok(Some((existing, _))) =
-                        store::checkout_request(&self.deps.db, order.user_id, key).await
+                    && let Ok(Some(existing)) =
+                        self.deps.ledger.checkout_by_key(order.user_id, key).await
                 {
                     return Err(CheckoutError::KeyReused(existing));
                 }
@@ -282,7 +246,6 @@ impl SagaState {
                 1,
                 order.subtotal - order.discount_total,
                 &order.currency,
-                Default::default(),
             )
             .await
             .map_err(|e| CheckoutError::Unavailable(e.to_string()))?;
@@ -290,14 +253,10 @@ impl SagaState {
             self.abandon_intent(&intent).await;
             return Err(late());
         };
-        let write = async {
-            let mut tx = self.deps.db.begin().await?;
-            store::insert(&mut tx, order, &intent, units).await?;
-            if let Some((key, hash)) = &checkout.idempotency {
-                store::remember_checkout(&mut tx, order.user_id, key, hash, order.id).await?;
-            }
-            tx.commit().await
-        };
+        let write =
+            self.deps
+                .ledger
+                .create_order(order, &intent, units, checkout.idempotency.as_ref());
         match tokio::time::timeout(left, write).await {
             Ok(Ok(())) => Ok(order.id),
             Ok(Err(error)) => {
@@ -305,7 +264,7 @@ impl SagaState {
                 Err(CheckoutError::Unavailable(error.to_string()))
             }
             // The commit may have landed as the deadline passed: the table says.
-            Err(_) => match store::status_of(&self.deps.db, order.id).await {
+            Err(_) => match self.deps.ledger.status_of(order.id).await {
                 Ok(Some(_)) => Ok(order.id),
                 _ => {
                     self.abandon_intent(&intent).await;
@@ -342,16 +301,15 @@ impl SagaState {
     // ---- step 4: payment events ----
 
     async fn on_payment(&self, event: PaymentEvent) -> Result<(), SagaError> {
-        let db = &self.deps.db;
-        let Some(order) = snapshot(db, self.order_id).await? else {
+        let ledger = &self.deps.ledger;
+        let Some(order) = ledger.snapshot(self.order_id).await? else {
             // Not an order of this shop (another system on the same account): nothing to do.
             tracing::error!(order = %self.order_id, event = %event.event_id, "payment event for an unknown order");
             metrics::counter!("payment_events_orphaned_total").increment(1);
-            crate::payments::events::mark_processed(db, &event.event_id).await?;
+            ledger.mark_processed(&event.event_id).await?;
             return Ok(());
         };
-        let status = order.status()?;
-        match (event.kind, status) {
+        match (event.kind, order.status) {
             (PaymentEventKind::Succeeded, OrderStatus::Pending) => {
                 let taken = Taken {
                     intent_id: &event.intent_id,
@@ -362,80 +320,27 @@ impl SagaState {
                 self.on_taken(&order, &taken).await?;
             }
             (PaymentEventKind::Succeeded, OrderStatus::Cancelled) => {
-                let mut tx = db.begin().await?;
-                let owed = self
-                    .owe_refund(&mut tx, &event, RefundReason::LatePayment)
-                    .await?;
-                crate::payments::events::mark_processed(&mut *tx, &event.event_id).await?;
-                if owed {
-                    store::record_history(
-                        &mut *tx,
-                        self.order_id,
-                        Some(OrderStatus::Cancelled),
-                        OrderStatus::Cancelled,
-                        "system",
-                        Some("a payment arrived after cancellation; it is refunded"),
-                    )
-                    .await?;
+                if ledger.refund_late_payment(self.order_id, &event).await? {
+                    tracing::warn!(order = %self.order_id, amount = event.amount, "late payment; refund owed");
+                    metrics::counter!("late_payments_total").increment(1);
                 }
-                tx.commit().await?;
-                tracing::warn!(order = %self.order_id, amount = event.amount, "late payment; refund owed");
-                metrics::counter!("late_payments_total").increment(1);
                 self.deps.refunds.kick();
             }
             (PaymentEventKind::Failed, OrderStatus::Pending) => {
-                let mut tx = db.begin().await?;
-                sqlx::query("UPDATE orders SET payment_status = 'failed', payment_error = $2 WHERE id = $1 AND status = 'pending'")
-                    .bind(self.order_id)
-                    .bind(&event.error)
-                    .execute(&mut *tx)
-                    .await?;
-                crate::payments::events::mark_processed(&mut *tx, &event.event_id).await?;
-                tx.commit().await?;
+                ledger.record_failed_payment(self.order_id, &event).await?;
             }
             (PaymentEventKind::Refunded, _) => {
-                let mut tx = db.begin().await?;
-                store::record_refunded(&mut tx, self.order_id, event.amount).await?;
-                crate::payments::events::mark_processed(&mut *tx, &event.event_id).await?;
-                tx.commit().await?;
+                ledger.record_refunded(self.order_id, &event).await?;
             }
             // Anything else is stale or a repeat: events only move an order forward.
-            _ => {
-                crate::payments::events::mark_processed(db, &event.event_id).await?;
-            }
+            _ => ledger.mark_processed(&event.event_id).await?,
         }
         Ok(())
     }
 
-    /// Writes the refund of a payment that will not pay for goods (`late:` or `mismatch:` by
-    /// intent, so a repeated event owes nothing more).
-    async fn owe_refund(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        event: &PaymentEvent,
-        reason: RefundReason,
-    ) -> Result<bool, sqlx::Error> {
-        let prefix = match reason {
-            RefundReason::Mismatch => "mismatch",
-            RefundReason::LatePayment | RefundReason::Admin => "late",
-        };
-        refunds::owe(
-            tx,
-            Owed {
-                order_id: self.order_id,
-                intent_id: &event.intent_id,
-                amount: event.amount,
-                currency: &event.currency,
-                reason,
-                dedup_key: format!("{prefix}:{}", event.intent_id),
-            },
-        )
-        .await
-    }
-
     /// A pending order's payment was taken: paid if it matches and its stock is still held,
     /// else cancelled with the money owed back.
-    async fn on_taken(&self, order: &Snapshot, taken: &Taken<'_>) -> Result<(), SagaError> {
+    async fn on_taken(&self, order: &OrderSnapshot, taken: &Taken<'_>) -> Result<(), SagaError> {
         if taken.amount != order.total || taken.currency != order.currency {
             tracing::error!(order = %self.order_id, amount = taken.amount, currency = %taken.currency,
                 expected = order.total, expected_currency = %order.currency,
@@ -459,31 +364,16 @@ impl SagaState {
         .await
         .map_err(|e| SagaError::Unavailable(format!("stock commit: {e}")))?;
         if sold == order.reserved_units {
-            let mut tx = self.deps.db.begin().await?;
-            let moved = store::transition(
-                &mut tx,
-                self.order_id,
-                OrderStatus::Pending,
-                OrderStatus::Paid,
-                "system",
-                Some("payment succeeded"),
-            )
-            .await?;
-            if !moved {
+            if !self
+                .deps
+                .ledger
+                .mark_paid(self.order_id, taken.event_id)
+                .await?
+            {
                 // Someone moved it meanwhile: the event is handed over again and meets the new
                 // status.
                 return Err(SagaError::Unavailable("the order changed meanwhile".into()));
             }
-            sqlx::query(
-                "UPDATE orders SET payment_status = 'succeeded', payment_error = NULL WHERE id = $1",
-            )
-            .bind(self.order_id)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(event) = taken.event_id {
-                crate::payments::events::mark_processed(&mut *tx, event).await?;
-            }
-            tx.commit().await?;
             return Ok(());
         }
         // Some holds were gone (expired or released) before the payment: the goods may be sold
@@ -509,44 +399,20 @@ impl SagaState {
         reason: RefundReason,
         why: &str,
     ) -> Result<(), SagaError> {
-        let mut tx = self.deps.db.begin().await?;
-        let moved = store::transition(
-            &mut tx,
-            self.order_id,
-            OrderStatus::Pending,
-            OrderStatus::Cancelled,
-            "system",
-            Some(why),
-        )
-        .await?;
+        let refund = OwedRefund {
+            intent_id: taken.intent_id,
+            amount: taken.amount,
+            currency: taken.currency,
+            reason,
+        };
+        let moved = self
+            .deps
+            .ledger
+            .cancel_and_refund(self.order_id, refund, why, taken.event_id)
+            .await?;
         if !moved {
             return Err(SagaError::Unavailable("the order changed meanwhile".into()));
         }
-        let prefix = if reason == RefundReason::Mismatch {
-            "mismatch"
-        } else {
-            "late"
-        };
-        refunds::owe(
-            &mut tx,
-            Owed {
-                order_id: self.order_id,
-                intent_id: taken.intent_id,
-                amount: taken.amount,
-                currency: taken.currency,
-                reason,
-                dedup_key: format!("{prefix}:{}", taken.intent_id),
-            },
-        )
-        .await?;
-        sqlx::query("UPDATE orders SET payment_status = 'succeeded' WHERE id = $1")
-            .bind(self.order_id)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(event) = taken.event_id {
-            crate::payments::events::mark_processed(&mut *tx, event).await?;
-        }
-        tx.commit().await?;
         self.deps.refunds.kick();
         Ok(())
     }
@@ -557,13 +423,13 @@ impl SagaState {
     /// instead), then the stock, then the status. `NotPending` when it was not (or no longer)
     /// pending.
     async fn cancel(&self, actor: &str, reason: &str) -> Result<(), SagaError> {
-        let db = &self.deps.db;
-        let order = snapshot(db, self.order_id)
+        let ledger = &self.deps.ledger;
+        let order = ledger
+            .snapshot(self.order_id)
             .await?
             .ok_or(SagaError::NotFound)?;
-        let status = order.status()?;
-        if status != OrderStatus::Pending {
-            return Err(SagaError::NotPending(status));
+        if order.status != OrderStatus::Pending {
+            return Err(SagaError::NotPending(order.status));
         }
         if let Some(intent) = &order.payment_intent_id
             && let Some(paid) = self.cancel_intent(&order, intent).await?
@@ -576,25 +442,16 @@ impl SagaState {
                 event_id: None,
             };
             self.on_taken(&order, &taken).await?;
-            let now = store::status_of(db, self.order_id)
+            let now = ledger
+                .status_of(self.order_id)
                 .await?
                 .ok_or(SagaError::NotFound)?;
             return Err(SagaError::NotPending(now));
         }
         self.release_stock().await;
-        let mut tx = db.begin().await?;
-        let moved = store::transition(
-            &mut tx,
-            self.order_id,
-            OrderStatus::Pending,
-            OrderStatus::Cancelled,
-            actor,
-            Some(reason),
-        )
-        .await?;
-        tx.commit().await?;
-        if !moved {
-            let now = store::status_of(db, self.order_id)
+        if !ledger.cancel(self.order_id, actor, reason).await? {
+            let now = ledger
+                .status_of(self.order_id)
                 .await?
                 .ok_or(SagaError::NotFound)?;
             return Err(SagaError::NotPending(now));
@@ -606,7 +463,7 @@ impl SagaState {
     /// taken; an error when it cannot say (the order must then stay as it is).
     async fn cancel_intent(
         &self,
-        order: &Snapshot,
+        order: &OrderSnapshot,
         intent: &str,
     ) -> Result<Option<PaymentIntent>, SagaError> {
         let key = IdempotencyKey::cancel(self.order_id, order.payment_attempt.max(1) as u32);
@@ -652,26 +509,21 @@ impl SagaState {
         payment_method: &str,
         deadline: Instant,
     ) -> Result<PaymentAttempt, SagaError> {
-        let db = &self.deps.db;
-        let order = snapshot(db, self.order_id)
+        let ledger = &self.deps.ledger;
+        let order = ledger
+            .snapshot(self.order_id)
             .await?
             .ok_or(SagaError::NotFound)?;
-        let status = order.status()?;
-        if status != OrderStatus::Pending {
-            return Err(SagaError::NotPending(status));
+        if order.status != OrderStatus::Pending {
+            return Err(SagaError::NotPending(order.status));
         }
         let intent = order
             .payment_intent_id
             .ok_or_else(|| SagaError::Unavailable("the order has no payment intent".into()))?;
         // Each attempt has a key of its own: a retry after a decline is a new confirmation.
-        let attempt: i32 = sqlx::query_scalar(
-            "UPDATE orders SET payment_attempt = payment_attempt + 1 WHERE id = $1 RETURNING payment_attempt",
-        )
-        .bind(self.order_id)
-        .fetch_one(db)
-        .await?;
+        let attempt = ledger.next_payment_attempt(self.order_id).await?;
         let key = IdempotencyKey::confirm(self.order_id, attempt as u32);
-        let payments = &self.deps.payments;
+        let payments = self.deps.payments.as_ref();
         let confirmed = match payments.confirm(&intent, payment_method, &key).await {
             Ok(confirmed) => confirmed,
             // No answer, or refused (e.g. already succeeded): the intent itself says where the
@@ -699,11 +551,12 @@ impl SagaState {
             confirmed.status.as_str().to_owned()
         };
         if confirmed.status != IntentStatus::Succeeded {
-            sqlx::query("UPDATE orders SET payment_status = $2, payment_error = $3 WHERE id = $1 AND status = 'pending'")
-                .bind(self.order_id)
-                .bind(&status)
-                .bind(&confirmed.last_payment_error)
-                .execute(db)
+            ledger
+                .record_attempt(
+                    self.order_id,
+                    &status,
+                    confirmed.last_payment_error.as_deref(),
+                )
                 .await?;
         }
         Ok(PaymentAttempt {
@@ -734,8 +587,8 @@ impl ShopActor for OrderSaga {
             myself,
         };
         // A resumed saga (the order exists) picks its deadline up again.
-        if let Some(order) = snapshot(&state.deps.db, state.order_id).await?
-            && order.status()? == OrderStatus::Pending
+        if let Some(order) = state.deps.ledger.snapshot(state.order_id).await?
+            && order.status == OrderStatus::Pending
         {
             state.schedule_expiry(order.expires_at);
         }

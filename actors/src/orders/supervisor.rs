@@ -8,15 +8,16 @@
 use std::time::{Duration, Instant};
 
 use ractor::{ActorProcessingErr, RpcReplyPort, SupervisionEvent};
-use shop_actors::keyed::{Exit, KeyedChildren};
-use shop_actors::{ActorError, ChildSpec, Mailbox, ShopActor, Slot, instrument};
 use uuid::Uuid;
 
 use super::saga::{
     Checkout, CheckoutError, OrderSaga, PaymentAttempt, SagaArgs, SagaDeps, SagaError, SagaMsg,
 };
-use super::store;
+use super::{OrderStatus, SAGA_MARGIN};
+use crate::instrument::{self, ActorError, Mailbox, ShopActor, Slot};
+use crate::keyed::{Exit, KeyedChildren};
 use crate::payments::PaymentEvent;
+use crate::root::ChildSpec;
 
 pub enum OrderSupervisorMsg {
     Checkout(Box<Checkout>, RpcReplyPort<Result<Uuid, CheckoutError>>),
@@ -91,7 +92,7 @@ pub struct Orders {
 
 impl Orders {
     /// `timeout`: how long a caller waits for a saga (`checkout.call_timeout_secs`); sagas
-    /// stop starting new steps [`SAGA_MARGIN`](crate::config::SAGA_MARGIN) earlier.
+    /// stop starting new steps [`SAGA_MARGIN`] earlier.
     pub fn new(
         prefix: &str,
         deps: SagaDeps,
@@ -116,7 +117,7 @@ impl Orders {
 
     /// When a saga answering a call made now must have decided by.
     pub fn deadline(&self) -> Instant {
-        Instant::now() + self.timeout.saturating_sub(crate::config::SAGA_MARGIN)
+        Instant::now() + self.timeout.saturating_sub(SAGA_MARGIN)
     }
 
     pub async fn checkout(&self, checkout: Checkout) -> Result<Uuid, CheckoutError> {
@@ -219,7 +220,7 @@ impl ShopActor for OrderSupervisor {
             sagas: KeyedChildren::default(),
         };
         // Resume every order not final yet: its saga re-arms its deadline.
-        for order in store::unfinished(&state.args.deps.db).await? {
+        for order in state.args.deps.ledger.unfinished().await? {
             state.saga(&myself, order).await?;
         }
         myself.cast_every(state.args.sweep_interval, || OrderSupervisorMsg::Sweep);
@@ -299,7 +300,7 @@ impl ShopActor for OrderSupervisor {
             OrderSupervisorMsg::Running(reply) => {
                 let _ = reply.send(state.sagas.len());
             }
-            OrderSupervisorMsg::Sweep => match store::unfinished(&state.args.deps.db).await {
+            OrderSupervisorMsg::Sweep => match state.args.deps.ledger.unfinished().await {
                 Ok(pending) => {
                     for order in pending {
                         if state.sagas.running(&order).is_none()
@@ -330,8 +331,8 @@ impl ShopActor for OrderSupervisor {
             metrics::counter!("actor_restarts_total", "kind" => OrderSaga::KIND_NAME).increment(1);
             // A restart that fails (the database briefly away) is not the supervisor's failure:
             // the sweep starts the saga again.
-            let restarted = match store::status_of(&state.args.deps.db, order).await {
-                Ok(Some(super::OrderStatus::Pending)) => state
+            let restarted = match state.args.deps.ledger.status_of(order).await {
+                Ok(Some(OrderStatus::Pending)) => state
                     .saga(&myself, order)
                     .await
                     .map(|_| ())

@@ -5,7 +5,7 @@
 //!   router runs and kept across its restarts: the subscriber list lives in the handle, not in
 //!   the actor's state.
 //! - An event nobody acts on is not lost: it stays in `stripe_events` with `processed_at NULL`
-//!   until the saga marks it ([`super::events::mark_processed`]) in the transaction that commits
+//!   until the saga marks it processed (through its ledger) in the transaction that commits
 //!   its effect. The router replays such events to a new subscriber, to every subscriber when it
 //!   (re)starts, and on a timer: an event still unprocessed one interval after it was received
 //!   (its saga stopped, crashed, or was restarted with the event queued) is handed over again.
@@ -19,11 +19,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use shop_actors::ractor::ActorProcessingErr;
-use shop_actors::{ActorError, ChildSpec, Mailbox, ShopActor, Slot};
-use sqlx::PgPool;
+use futures::future::BoxFuture;
+use ractor::ActorProcessingErr;
 
-use super::events::{self, PaymentEvent};
+use crate::instrument::{ActorError, Mailbox, ShopActor, Slot};
+use crate::payments::PaymentEvent;
+use crate::root::ChildSpec;
+
+/// Where the router finds the events not acted on yet: the server's stored events.
+pub trait PaymentEventStore: Send + Sync + 'static {
+    /// Every event not yet processed that was received at least `age` ago, oldest first.
+    fn unprocessed(&self, age: Duration) -> BoxFuture<'_, Result<Vec<PaymentEvent>, String>>;
+}
 
 /// The subscriber is gone for good (its mailbox is closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -107,14 +114,19 @@ impl PaymentRouter {
     }
 
     /// The root supervisor's child spec: registered as `name`, reading unprocessed events from
-    /// `db`, redelivering those still unprocessed every `redeliver_every`.
-    pub fn child_spec(&self, name: String, db: PgPool, redeliver_every: Duration) -> ChildSpec {
+    /// `events`, redelivering those still unprocessed every `redeliver_every`.
+    pub fn child_spec(
+        &self,
+        name: String,
+        events: Arc<dyn PaymentEventStore>,
+        redeliver_every: Duration,
+    ) -> ChildSpec {
         let subscribers = self.subscribers.clone();
         ChildSpec::new::<RouterActor, _>(name, self.slot.clone(), move || {
             (
                 RouterActor,
                 RouterArgs {
-                    db: db.clone(),
+                    events: events.clone(),
                     subscribers: subscribers.clone(),
                     redeliver_every,
                 },
@@ -158,7 +170,7 @@ impl PaymentRouter {
 pub struct RouterActor;
 
 pub struct RouterArgs {
-    db: PgPool,
+    events: Arc<dyn PaymentEventStore>,
     subscribers: Subscribers,
     redeliver_every: Duration,
 }
@@ -168,7 +180,7 @@ pub struct RouterArgs {
 const REMEMBERED: usize = 4096;
 
 pub struct RouterState {
-    db: PgPool,
+    events: Arc<dyn PaymentEventStore>,
     subscribers: Subscribers,
     redeliver_every: Duration,
     forwarded: HashSet<(SubscriptionId, String)>,
@@ -219,8 +231,7 @@ impl RouterState {
         if self.sinks(None).is_empty() {
             return;
         }
-        let stale = chrono::Duration::from_std(self.redeliver_every).unwrap_or_default();
-        match events::unprocessed_events_older_than(&self.db, stale).await {
+        match self.events.unprocessed(self.redeliver_every).await {
             Ok(stale) => {
                 for event in &stale {
                     self.forwarded.retain(|(_, id)| *id != event.event_id);
@@ -237,7 +248,7 @@ impl RouterState {
         if self.sinks(only).is_empty() {
             return;
         }
-        match events::unprocessed_events(&self.db).await {
+        match self.events.unprocessed(Duration::ZERO).await {
             Ok(pending) => {
                 for event in &pending {
                     self.forward(event, only);
@@ -265,7 +276,7 @@ impl ShopActor for RouterActor {
         myself.cast(PaymentRouterMsg::Replay(None))?;
         myself.cast_every(args.redeliver_every, || PaymentRouterMsg::Redeliver);
         Ok(RouterState {
-            db: args.db,
+            events: args.events,
             subscribers: args.subscribers,
             redeliver_every: args.redeliver_every,
             forwarded: HashSet::new(),
@@ -293,7 +304,7 @@ impl ShopActor for RouterActor {
 }
 
 fn kind_label(event: &PaymentEvent) -> &'static str {
-    use super::events::PaymentEventKind::*;
+    use crate::payments::PaymentEventKind::*;
     match event.kind {
         Succeeded => "succeeded",
         Failed => "failed",
