@@ -21,8 +21,13 @@ CREATE TABLE refunds (
     amount             BIGINT NOT NULL CHECK (amount > 0),
     currency           TEXT NOT NULL CHECK (currency ~ '^[a-z]{3}$'),
     reason             TEXT NOT NULL CHECK (reason IN ('late_payment', 'mismatch', 'admin')),
-    status             TEXT NOT NULL DEFAULT 'owed' CHECK (status IN ('owed', 'succeeded')),
-    -- What makes the decision once-only: `late:{intent}`, `mismatch:{intent}`, `admin:{order}:{n}`.
+    -- `already_refunded`: the provider had refunded the charge by other means (its dashboard); the
+    -- money is back, and the provider's own event says how much, so this row adds nothing.
+    status             TEXT NOT NULL DEFAULT 'owed'
+                       CHECK (status IN ('owed', 'succeeded', 'already_refunded')),
+    -- What makes the decision once-only: `payment:{intent}` for a payment that pays for nothing
+    -- (late or mismatched: one refund per payment, whichever path found it first),
+    -- `admin:{order}:{idempotency key or n}` for an admin's.
     dedup_key          TEXT NOT NULL,
     attempts           INT NOT NULL DEFAULT 0,
     next_attempt_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -34,3 +39,13 @@ CREATE TABLE refunds (
     CONSTRAINT refunds_order_seq_key UNIQUE (order_id, seq)
 );
 CREATE INDEX refunds_owed_idx ON refunds (next_attempt_at) WHERE status = 'owed';
+
+-- Orders pending at this migration: what their holds add up to, bundles as their components.
+UPDATE orders o SET reserved_units = (
+    SELECT coalesce(sum(i.quantity * coalesce(
+               (SELECT sum(bc.quantity) FROM product_variants v
+                JOIN products p ON p.id = v.product_id AND p.type = 'bundle'
+                JOIN bundle_components bc ON bc.bundle_id = p.id
+                WHERE v.id = i.variant_id), 1)), 0)::int
+    FROM order_items i WHERE i.order_id = o.id)
+WHERE o.status = 'pending';

@@ -136,6 +136,15 @@ impl IdempotencyKey {
         Self::new(order_id, attempt, Operation::Cancel)
     }
 
+    /// `order:{id}:cancel:{random}`: a cancel tried again after the provider refused one whose
+    /// key it keeps answering with that refusal. Cancelling twice is harmless.
+    pub fn cancel_again(order_id: Uuid) -> Self {
+        Self(format!(
+            "order:{order_id}:cancel:{}",
+            Uuid::new_v4().simple()
+        ))
+    }
+
     /// `order:{id}:refund:{n}`: the `n`-th refund of the order (1, 2, ... for partial refunds).
     pub fn refund(order_id: Uuid, refund: u32) -> Self {
         Self(format!("order:{order_id}:refund:{refund}"))

@@ -48,6 +48,21 @@ async fn load(state: &AppState, order: Uuid) -> Result<Order, AppError> {
         .ok_or(AppError::NotFound)
 }
 
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default().trim().to_owned();
+    if key.is_empty() || key.len() > 255 {
+        return Err(AppError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 255 visible characters",
+        ));
+    }
+    Ok(Some(key))
+}
+
 /// The order if the caller may see it: its owner or an admin. Anyone else gets 404.
 async fn visible(state: &AppState, user: &AuthUser, order: Uuid) -> Result<Order, AppError> {
     let order = load(state, order).await?;
@@ -73,19 +88,7 @@ async fn checkout(
     Json(body): Json<CheckoutRequest>,
 ) -> Result<(StatusCode, axum::Json<Order>), AppError> {
     let address = ShippingAddress::parse(body.shipping_address)?;
-    let key = match headers.get("idempotency-key") {
-        Some(value) => {
-            let key = value.to_str().unwrap_or_default().trim().to_owned();
-            if key.is_empty() || key.len() > 255 {
-                return Err(AppError::invalid(
-                    "Idempotency-Key",
-                    "must be 1 to 255 visible characters",
-                ));
-            }
-            Some(key)
-        }
-        None => None,
-    };
+    let key = idempotency_key(&headers)?;
     let hash = Sha256::digest(serde_json::to_vec(&address).unwrap_or_default()).to_vec();
     if let Some(key) = &key
         && let Some((order, previous)) = store::checkout_request(&state.db, user.id, key).await?
@@ -294,14 +297,9 @@ async fn admin_set_status(
                 .map_err(saga_error)?;
         }
         OrderStatus::Refunded => {
-            let left = order.total - order.refunded_amount;
-            refund(
-                &state,
-                &order,
-                left,
-                reason.unwrap_or("refunded by an admin"),
-            )
-            .await?;
+            let reason = reason.unwrap_or("refunded by an admin");
+            let key = Some("full".to_owned());
+            refund(&state, &order, None, reason, key.as_deref()).await?;
         }
         OrderStatus::Shipped | OrderStatus::Delivered => {
             move_status(&state, id, order.status, body.status, reason).await?;
@@ -328,15 +326,16 @@ async fn move_status(
     Ok(())
 }
 
-/// Decides a refund of `amount` (durably, with the order locked so that two admins cannot
+/// Decides a refund of `amount`, or of all that is left (durably, with the order locked so that two admins cannot
 /// refund more than was paid), then asks the refund worker to settle it now. A provider that
 /// does not answer leaves the refund owed: the worker retries it, and the order shows it once
 /// settled.
 async fn refund(
     state: &AppState,
     order: &Order,
-    amount: i64,
+    amount: Option<i64>,
     reason: &str,
+    key: Option<&str>,
 ) -> Result<(), AppError> {
     let intent = order
         .payment
@@ -355,13 +354,28 @@ async fn refund(
         ));
     }
     let left = order.total - crate::payments::refunds::committed_for(&mut tx, order.id).await?;
+    if left < 1 {
+        return Err(AppError::conflict(
+            "nothing-to-refund",
+            "The order is refunded in full already (or the rest is being refunded).",
+        ));
+    }
+    let amount = amount.unwrap_or(left);
     if amount < 1 || amount > left {
         return Err(AppError::invalid(
             "amount",
             format!("must be between 1 and {left}, what is left to refund"),
         ));
     }
-    let seq = crate::payments::refunds::count_for(&mut tx, order.id).await? + 1;
+    // With an Idempotency-Key, a repeat of the request decides nothing new.
+    let dedup_key = match key {
+        Some(key) => format!("admin:{}:key:{key}", order.id),
+        None => format!(
+            "admin:{}:{}",
+            order.id,
+            crate::payments::refunds::count_for(&mut tx, order.id).await? + 1
+        ),
+    };
     crate::payments::refunds::owe(
         &mut tx,
         crate::payments::refunds::Owed {
@@ -370,7 +384,7 @@ async fn refund(
             amount,
             currency: &order.currency,
             reason: crate::payments::refunds::RefundReason::Admin,
-            dedup_key: format!("admin:{}:{seq}", order.id),
+            dedup_key,
         },
     )
     .await?;
@@ -395,16 +409,21 @@ pub struct RefundRequest {
 
 /// Refund part (or the rest) of a paid or delivered order through the payment provider. The
 /// order becomes `refunded` only once refunded in full; until then it keeps its status and shows
-/// `refunded_amount`. A refund the provider has not taken yet stays owed and is retried.
-#[utoipa::path(post, path = "/orders/{id}/refunds", tag = "admin", params(("id" = Uuid, Path)),
+/// `refunded_amount`. A refund the provider has not taken yet stays owed and is retried. With an
+/// `Idempotency-Key`, a repeated request refunds nothing more.
+#[utoipa::path(post, path = "/orders/{id}/refunds", tag = "admin",
+    params(("id" = Uuid, Path),
+           ("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key refunds nothing more")),
     request_body = RefundRequest, security(("bearer" = [])),
     responses((status = 200, body = Order), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn admin_refund(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
+    headers: HeaderMap,
     Json(body): Json<RefundRequest>,
 ) -> Result<axum::Json<Order>, AppError> {
+    let key = idempotency_key(&headers)?;
     let order = load(&state, id).await?;
     let reason = body
         .reason
@@ -418,7 +437,7 @@ async fn admin_refund(
             "must be at most 500 characters",
         ));
     }
-    refund(&state, &order, body.amount, reason).await?;
+    refund(&state, &order, Some(body.amount), reason, key.as_deref()).await?;
     Ok(axum::Json(load(&state, id).await?))
 }
 

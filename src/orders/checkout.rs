@@ -73,10 +73,9 @@ pub async fn check_out(state: &AppState, request: CheckoutRequest) -> Result<Uui
             tracing::error!(%order, %error, "order placed but the cart could not be emptied");
             Ok(order)
         }
-        Err(HandoffError::Unanswered(error)) => match earlier().await? {
-            Some(order) => Ok(order),
-            None => Err(crate::carts::cart_error(error, None)),
-        },
+        // The placer may still be writing an order: no guess at which, a retry queues behind it
+        // in the cart and finds it.
+        Err(HandoffError::Unanswered(error)) => Err(crate::carts::cart_error(error, None)),
     }
 }
 
@@ -129,6 +128,7 @@ async fn place(
         expires_at,
         payment_provider: state.actors.payments.name().to_owned(),
     };
+    let order_id = order.id;
     let checkout = Checkout {
         order,
         idempotency: request.idempotency,
@@ -139,6 +139,11 @@ async fn place(
         Ok(order) => Ok(order),
         Err(CheckoutError::KeyReused(existing)) => Err(NotPlaced::KeyReused(existing)),
         Err(CheckoutError::Short(short)) => Err(refused(stock_conflict(short))),
-        Err(CheckoutError::Unavailable(why)) => Err(refused(AppError::Unavailable(why))),
+        // The saga's answer did not come in time; the order may yet exist (then it stands, and
+        // the cart goes): a 503 only when there is none.
+        Err(CheckoutError::Unavailable(why)) => match store::status_of(&state.db, order_id).await {
+            Ok(Some(_)) => Ok(order_id),
+            _ => Err(refused(AppError::Unavailable(why))),
+        },
     }
 }

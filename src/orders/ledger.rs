@@ -39,7 +39,8 @@ struct SnapshotRow {
     reserved_units: i32,
 }
 
-/// The refund of a payment that will not pay for goods, once per intent and reason.
+/// The refund of a payment that pays for nothing: one per payment, whichever path (a mismatch,
+/// a late event, a cancel that found it taken) decides it first.
 fn owed<'a>(
     order: Uuid,
     intent_id: &'a str,
@@ -47,17 +48,13 @@ fn owed<'a>(
     currency: &'a str,
     reason: RefundReason,
 ) -> Owed<'a> {
-    let prefix = match reason {
-        RefundReason::Mismatch => "mismatch",
-        RefundReason::LatePayment | RefundReason::Admin => "late",
-    };
     Owed {
         order_id: order,
         intent_id,
         amount,
         currency,
         reason,
-        dedup_key: format!("{prefix}:{intent_id}"),
+        dedup_key: format!("payment:{intent_id}"),
     }
 }
 

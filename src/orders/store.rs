@@ -390,13 +390,14 @@ pub async fn status_for_update(
 /// the checkout that made it.
 const RETRY_WINDOW_SECS: i64 = 120;
 
-/// The user's pending order made in the last two minutes, if any: what a checkout retried after
-/// its answer was lost made (its cart is empty now).
+/// The user's latest order, if it is pending and was made in the last two minutes: what a
+/// checkout retried after its answer was lost made. Checkouts of one cart run one at a time in
+/// its actor, so the latest order is the one that emptied the cart.
 pub async fn just_checked_out(db: &PgPool, user: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT id FROM orders
-         WHERE user_id = $1 AND status = 'pending' AND created_at > now() - make_interval(secs => $2)
-         ORDER BY created_at DESC LIMIT 1",
+        "SELECT id FROM (SELECT id, status, created_at FROM orders WHERE user_id = $1
+                         ORDER BY created_at DESC LIMIT 1) latest
+         WHERE status = 'pending' AND created_at > now() - make_interval(secs => $2)",
     )
     .bind(user)
     .bind(RETRY_WINDOW_SECS as f64)

@@ -24,8 +24,8 @@ pub struct Owed<'a> {
     pub amount: i64,
     pub currency: &'a str,
     pub reason: RefundReason,
-    /// Makes the decision once-only (a replayed event decides nothing new): `late:{intent}`,
-    /// `mismatch:{intent}`, `admin:{order}:{n}`.
+    /// Makes the decision once-only (a replayed event decides nothing new): `payment:{intent}`,
+    /// `admin:{order}:{key}`.
     pub dedup_key: String,
 }
 
@@ -57,13 +57,19 @@ pub async fn owe(tx: &mut PgConnection, refund: Owed<'_>) -> Result<bool, sqlx::
     Ok(inserted.rows_affected() == 1)
 }
 
-/// Minor units of the order already refunded or decided (owed): what an admin can no longer
-/// refund.
+/// Minor units of the order already refunded (by the shop or, as the provider reported, by other
+/// means) or decided and still owed: what an admin can no longer refund.
 pub async fn committed_for(db: &mut PgConnection, order: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT coalesce(sum(amount), 0)::bigint FROM refunds WHERE order_id = $1")
-        .bind(order)
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar(
+        "SELECT (GREATEST(o.refunded_amount,
+                          coalesce(sum(r.amount) FILTER (WHERE r.status = 'succeeded'), 0))
+                 + coalesce(sum(r.amount) FILTER (WHERE r.status = 'owed'), 0))::bigint
+         FROM orders o LEFT JOIN refunds r ON r.order_id = o.id
+         WHERE o.id = $1 GROUP BY o.refunded_amount",
+    )
+    .bind(order)
+    .fetch_one(db)
+    .await
 }
 
 /// How many refunds this order has (the next admin refund's number is one more).
@@ -117,14 +123,14 @@ impl Ledger {
                 .await
             {
                 Ok(done) => {
-                    self.settled(&refund, Some(&done.id)).await?;
+                    self.settled(&refund, Some(&done.id), "succeeded").await?;
                     settled += 1;
                 }
                 // Refunded meanwhile by other means (the provider's dashboard): the money is back,
                 // and the provider's `charge.refunded` event carries the amount.
                 Err(PaymentError::Refused { code, .. }) if code == "charge_already_refunded" => {
                     tracing::warn!(order = %refund.order_id, refund = %refund.id, "charge already refunded at the provider");
-                    self.settled(&refund, None).await?;
+                    self.settled(&refund, None, "already_refunded").await?;
                     settled += 1;
                 }
                 Err(error) => self.failed(&refund, &error).await?,
@@ -139,19 +145,23 @@ impl Ledger {
         })
     }
 
+    /// Marks the refund done: `succeeded` (it counts in the order's `refunded_amount`) or
+    /// `already_refunded` (the provider's own event carries that money).
     async fn settled(
         &self,
         refund: &Due,
         provider_id: Option<&str>,
+        status: &str,
     ) -> Result<(), TransitionError> {
         let mut tx = self.db.begin().await?;
         let marked = sqlx::query(
-            "UPDATE refunds SET status = 'succeeded', provider_refund_id = $2, completed_at = now(),
+            "UPDATE refunds SET status = $3, provider_refund_id = $2, completed_at = now(),
                     attempts = attempts + 1, last_error = NULL
              WHERE id = $1 AND status = 'owed'",
         )
         .bind(refund.id)
         .bind(provider_id)
+        .bind(status)
         .execute(&mut *tx)
         .await?;
         if marked.rows_affected() == 1 {

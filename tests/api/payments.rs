@@ -824,6 +824,7 @@ async fn events_nobody_took_are_replayed_to_a_new_subscriber_until_marked_proces
 #[tokio::test]
 async fn a_stored_event_of_an_unknown_provider_is_not_read_as_stripe() {
     let app = TestApp::spawn().await;
+    app.state.actors.detach_orders_from_payments();
     let payments = &app.state.actors.payments;
     let order = Uuid::new_v4();
     let intent = payments

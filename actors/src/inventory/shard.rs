@@ -4,7 +4,7 @@
 //! decided in memory and queued; a `Flush` the shard sends itself (after whatever is already in
 //! its mailbox) persists the whole batch in one statement, and only then are the callers answered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -95,6 +95,9 @@ pub struct ShardState {
     pending: Vec<Pending>,
     flush_queued: bool,
     shard_label: String,
+    /// Owners whose last commit or release failed with an unknown outcome: their holds are read
+    /// back from PostgreSQL before anything else is decided about them.
+    unsure: HashSet<Uuid>,
 }
 
 pub struct InventoryShard;
@@ -227,10 +230,14 @@ impl ShardState {
         if variants.is_empty() {
             return Ok(self.mine(store::committed(&self.db, owner).await?));
         }
-        let sold = store::commit(&self.db, owner, &variants).await?;
-        let mut units = 0;
+        let (sold, total) = match store::commit(&self.db, owner, &variants).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.forget(owner, &variants);
+                return Err(error.into());
+            }
+        };
         for (variant, quantity) in sold {
-            units += quantity;
             if let Some(stock) = self.stock.get_mut(&variant) {
                 stock.on_hand -= quantity;
                 stock.held -= quantity;
@@ -238,7 +245,45 @@ impl ShardState {
         }
         self.holds.remove(&owner);
         self.report();
-        Ok(units)
+        Ok(total)
+    }
+
+    /// A write about `owner` on `variants` failed and may or may not have landed: memory no
+    /// longer claims to know. The variants reload on their next touch, the owner's holds before
+    /// the next decision about them ([`Self::settle_unsure`]).
+    fn forget(&mut self, owner: Uuid, variants: &[Uuid]) {
+        for variant in variants {
+            self.stock.remove(variant);
+        }
+        self.holds.remove(&owner);
+        self.unsure.insert(owner);
+    }
+
+    /// Reads back the holds of every owner whose last write had an unknown outcome.
+    async fn settle_unsure(&mut self) -> Result<(), InventoryError> {
+        if self.unsure.is_empty() {
+            return Ok(());
+        }
+        let owners: Vec<Uuid> = self.unsure.iter().copied().collect();
+        let rows = store::holds_of(&self.db, &owners).await?;
+        for owner in &owners {
+            self.holds.remove(owner);
+        }
+        let mut variants = Vec::new();
+        for hold in rows {
+            if shard_index(hold.variant_id, self.count) != self.index {
+                continue;
+            }
+            variants.push(hold.variant_id);
+            self.holds.entry(hold.owner_id).or_default().push((
+                hold.variant_id,
+                hold.quantity,
+                hold.expires_at,
+            ));
+        }
+        self.load(&variants).await?;
+        self.unsure.clear();
+        Ok(())
     }
 
     async fn restock(&mut self, owner: Uuid) -> Result<i32, InventoryError> {
@@ -252,8 +297,18 @@ impl ShardState {
             return Ok(0);
         }
         self.load(&variants).await?;
+        let returned = match store::restock(&self.db, owner, &variants).await {
+            Ok(returned) => returned,
+            Err(error) => {
+                // Whether the units went back is unknown: reload the variants on next touch.
+                for variant in &variants {
+                    self.stock.remove(variant);
+                }
+                return Err(error.into());
+            }
+        };
         let mut units = 0;
-        for (variant, quantity) in store::restock(&self.db, owner, &variants).await? {
+        for (variant, quantity) in returned {
             units += quantity;
             if let Some(stock) = self.stock.get_mut(&variant) {
                 stock.on_hand += quantity;
@@ -324,7 +379,15 @@ impl ShardState {
         if variants.is_empty() {
             return Ok(0);
         }
-        let released = store::release(&self.db, owners, &variants, only_expired).await?;
+        let released = match store::release(&self.db, owners, &variants, only_expired).await {
+            Ok(released) => released,
+            Err(error) => {
+                for owner in owners {
+                    self.forget(*owner, &variants);
+                }
+                return Err(error.into());
+            }
+        };
         let mut units = 0;
         for (owner, variant, quantity) in released {
             units += quantity;
@@ -365,6 +428,7 @@ impl ShopActor for InventoryShard {
             db: args.db,
             stock: HashMap::new(),
             holds: HashMap::new(),
+            unsure: HashSet::new(),
             pending: Vec::new(),
             flush_queued: false,
             shard_label: args.index.to_string(),
@@ -443,7 +507,11 @@ impl ShopActor for InventoryShard {
             ShardMsg::Flush => state.flush().await,
             ShardMsg::Commit { owner, reply } => {
                 state.flush().await;
-                let _ = reply.send(state.commit(owner).await);
+                let answer = match state.settle_unsure().await {
+                    Ok(()) => state.commit(owner).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(answer);
             }
             ShardMsg::Restock { owner, reply } => {
                 state.flush().await;
@@ -451,7 +519,11 @@ impl ShopActor for InventoryShard {
             }
             ShardMsg::Release { owner, reply } => {
                 state.flush().await;
-                let _ = reply.send(state.release(&[owner], false).await);
+                let answer = match state.settle_unsure().await {
+                    Ok(()) => state.release(&[owner], false).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(answer);
             }
             ShardMsg::SetOnHand {
                 variant,
@@ -465,6 +537,11 @@ impl ShopActor for InventoryShard {
             }
             ShardMsg::ExpireDue => {
                 state.flush().await;
+                if let Err(error) = state.settle_unsure().await {
+                    // Nothing is released on a guess; the next tick reads the holds back.
+                    tracing::warn!(shard = state.index, %error, "reading back unsure holds failed");
+                    return Ok(());
+                }
                 let now = Utc::now();
                 let due: Vec<Uuid> = state
                     .holds

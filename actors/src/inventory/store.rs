@@ -105,12 +105,14 @@ pub async fn release(
 }
 
 /// Turns `owner`'s holds on `variants` into sales and takes the units off the shelf, in one
-/// transaction.
+/// transaction. Answers the rows sold now, and the units `owner` has sold on `variants` in all
+/// (read in the same transaction: a commit repeated after one whose outcome was unknown answers
+/// what the table says, not 0).
 pub async fn commit(
     db: &PgPool,
     owner: Uuid,
     variants: &[Uuid],
-) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
+) -> Result<(Vec<(Uuid, i32)>, i32), sqlx::Error> {
     let mut tx = db.begin().await?;
     let sold: Vec<(Uuid, i32)> = sqlx::query_as(
         "UPDATE stock_reservations SET status = 'committed'
@@ -133,8 +135,27 @@ pub async fn commit(
     .bind(&units)
     .execute(&mut *tx)
     .await?;
+    let total: i32 = sqlx::query_scalar(
+        "SELECT coalesce(sum(quantity), 0)::int FROM stock_reservations
+         WHERE owner_id = $1 AND variant_id = ANY($2) AND status = 'committed'",
+    )
+    .bind(owner)
+    .bind(variants)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(sold)
+    Ok((sold, total))
+}
+
+/// The live holds of `owners`.
+pub async fn holds_of(db: &PgPool, owners: &[Uuid]) -> Result<Vec<HoldRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT owner_id, variant_id, quantity, expires_at FROM stock_reservations
+         WHERE owner_id = ANY($1) AND status = 'held'",
+    )
+    .bind(owners)
+    .fetch_all(db)
+    .await
 }
 
 /// In the shard's transaction, which also carries the caller's writes.

@@ -95,6 +95,7 @@ pub enum SagaMsg {
     Cancel {
         actor: &'static str,
         reason: String,
+        deadline: Instant,
         reply: RpcReplyPort<Result<(), SagaError>>,
     },
     /// The reservation deadline has come (or a cancel at it is tried again).
@@ -249,28 +250,24 @@ impl SagaState {
             )
             .await
             .map_err(|e| CheckoutError::Unavailable(e.to_string()))?;
-        let Some(left) = checkout.deadline.checked_duration_since(Instant::now()) else {
+        // Past the deadline no order is written: the caller is about to answer 503. The write
+        // itself is not cut short (a commit cut mid-way has an unknown outcome); each of its
+        // statements is bounded by the database's statement timeout.
+        if Instant::now() >= checkout.deadline {
             self.abandon_intent(&intent).await;
             return Err(late());
-        };
-        let write =
-            self.deps
-                .ledger
-                .create_order(order, &intent, units, checkout.idempotency.as_ref());
-        match tokio::time::timeout(left, write).await {
-            Ok(Ok(())) => Ok(order.id),
-            Ok(Err(error)) => {
+        }
+        let written = self
+            .deps
+            .ledger
+            .create_order(order, &intent, units, checkout.idempotency.as_ref())
+            .await;
+        match written {
+            Ok(()) => Ok(order.id),
+            Err(error) => {
                 self.abandon_intent(&intent).await;
                 Err(CheckoutError::Unavailable(error.to_string()))
             }
-            // The commit may have landed as the deadline passed: the table says.
-            Err(_) => match self.deps.ledger.status_of(order.id).await {
-                Ok(Some(_)) => Ok(order.id),
-                _ => {
-                    self.abandon_intent(&intent).await;
-                    Err(late())
-                }
-            },
         }
     }
 
@@ -478,6 +475,20 @@ impl SagaState {
         match now.status {
             IntentStatus::Canceled => Ok(None),
             IntentStatus::Succeeded => Ok(Some(now)),
+            // Still cancellable: the refusal was of its time (the intent was processing) and the
+            // provider keeps answering that key with it. Cancelling twice is harmless, so a key
+            // of its own for this try.
+            IntentStatus::RequiresPaymentMethod
+            | IntentStatus::RequiresConfirmation
+            | IntentStatus::RequiresAction => {
+                let again = IdempotencyKey::cancel_again(self.order_id);
+                match self.deps.payments.cancel(intent, &again).await {
+                    Ok(_) => Ok(None),
+                    Err(error) => Err(SagaError::Unavailable(format!(
+                        "the payment could not be cancelled: {error}"
+                    ))),
+                }
+            }
             // Money in flight or an intent that can still be paid: not cancellable now.
             _ => Err(SagaError::Unavailable(format!(
                 "the payment could not be cancelled ({}): {refused}",
@@ -524,24 +535,23 @@ impl SagaState {
         let attempt = ledger.next_payment_attempt(self.order_id).await?;
         let key = IdempotencyKey::confirm(self.order_id, attempt as u32);
         let payments = self.deps.payments.as_ref();
-        let confirmed = match payments.confirm(&intent, payment_method, &key).await {
-            Ok(confirmed) => confirmed,
+        let unknown = |why: String| {
+            SagaError::Unavailable(format!(
+                "the payment's outcome is not known yet ({why}); the order will show it"
+            ))
+        };
+        let confirm = payments.confirm(&intent, payment_method, &key);
+        let confirmed = match tokio::time::timeout_at(deadline.into(), confirm).await {
+            Err(_) => return Err(unknown("no answer before the deadline".into())),
+            Ok(Ok(confirmed)) => confirmed,
             // No answer, or refused (e.g. already succeeded): the intent itself says where the
             // money is, so the answer is never "unavailable" for a payment that went through.
-            Err(error) => {
-                if Instant::now() >= deadline {
-                    return Err(SagaError::Unavailable(format!(
-                        "the payment's outcome is not known yet ({error}); the order will show it"
-                    )));
-                }
-                match payments.retrieve(&intent).await {
-                    Ok(now) if now.status == IntentStatus::Succeeded => now,
-                    Ok(_) if !error.is_retryable() => return Err(refused(error)),
-                    _ => {
-                        return Err(SagaError::Unavailable(format!(
-                            "the payment's outcome is not known yet ({error}); the order will show it"
-                        )));
-                    }
+            Ok(Err(error)) => {
+                let retrieve = payments.retrieve(&intent);
+                match tokio::time::timeout_at(deadline.into(), retrieve).await {
+                    Ok(Ok(now)) if now.status == IntentStatus::Succeeded => now,
+                    Ok(Ok(_)) if !error.is_retryable() => return Err(refused(error)),
+                    _ => return Err(unknown(error.to_string())),
                 }
             }
         };
@@ -568,6 +578,12 @@ impl SagaState {
 
 fn refused(error: PaymentError) -> SagaError {
     SagaError::Unavailable(error.to_string())
+}
+
+fn too_late() -> SagaError {
+    SagaError::Unavailable(
+        "the order was busy past the request's deadline; nothing was done".into(),
+    )
 }
 
 impl ShopActor for OrderSaga {
@@ -604,9 +620,16 @@ impl ShopActor for OrderSaga {
         match message {
             SagaMsg::Begin(checkout, reply) => {
                 let result = state.begin(*checkout).await;
+                let failed = result.is_err();
                 // The caller may have given up: the order (or nothing) stands either way, and a
                 // retried checkout finds it.
                 let _ = reply.send(result);
+                if failed {
+                    // Whatever row may yet appear is adopted by the supervisor's sweep, with a
+                    // saga that arms its deadline; this one has none.
+                    state.myself.cell().stop(Some("checkout failed".into()));
+                    return Ok(());
+                }
             }
             // An effect that could not be committed fails the saga: its supervisor resumes it
             // and the router hands the still unprocessed event over again.
@@ -621,9 +644,15 @@ impl ShopActor for OrderSaga {
             SagaMsg::Cancel {
                 actor,
                 reason,
+                deadline,
                 reply,
             } => {
-                let _ = reply.send(state.cancel(actor, &reason).await);
+                let answer = if Instant::now() >= deadline {
+                    Err(too_late())
+                } else {
+                    state.cancel(actor, &reason).await
+                };
+                let _ = reply.send(answer);
             }
             SagaMsg::Expire => state.expire().await?,
         }

@@ -33,6 +33,7 @@ pub enum OrderSupervisorMsg {
         order: Uuid,
         actor: &'static str,
         reason: String,
+        deadline: Instant,
         reply: RpcReplyPort<Result<(), SagaError>>,
     },
     /// Sagas alive (tests and metrics).
@@ -169,6 +170,7 @@ impl Orders {
                     order,
                     actor,
                     reason,
+                    deadline: self.deadline(),
                     reply,
                 },
                 self.timeout,
@@ -281,6 +283,7 @@ impl ShopActor for OrderSupervisor {
                 order,
                 actor,
                 reason,
+                deadline,
                 reply,
             } => match state.saga(&myself, order).await {
                 Ok(saga) => forward(
@@ -288,6 +291,7 @@ impl ShopActor for OrderSupervisor {
                     move |r| SagaMsg::Cancel {
                         actor,
                         reason,
+                        deadline,
                         reply: r,
                     },
                     reply,
