@@ -25,7 +25,41 @@ async fn pay(app: &TestApp, who: &Session, id: &str) -> reqwest::Response {
     .await
 }
 
-/// (status, refunded_amount) of every refund row of an order, oldest first.
+/// A customer's pending order of `quantity` units of a fresh variant.
+struct Ordered {
+    admin: Session,
+    customer: Session,
+    variant: String,
+    order: Value,
+    id: String,
+}
+
+async fn ordered(app: &TestApp, sku: &str, price: i64, stock: i64, quantity: i64) -> Ordered {
+    let admin = app.login_as_admin().await;
+    let variant = variant(app, &admin, sku, price, stock).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(app, &customer, &variant, quantity).await;
+    let response = checkout(app, &customer).await;
+    assert_eq!(response.status(), 201);
+    let order: Value = response.json().await.unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    Ordered {
+        admin,
+        customer,
+        variant,
+        order,
+        id,
+    }
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// (reason, status, amount, attempts) of every refund row of an order, oldest first.
 async fn refunds(app: &TestApp, order: &str) -> Vec<(String, String, i64, i32)> {
     sqlx::query_as(
         "SELECT reason, status, amount, attempts FROM refunds WHERE order_id = $1 ORDER BY seq",
@@ -132,11 +166,11 @@ async fn a_shard_stalling_mid_commit_and_a_killed_saga_still_end_in_one_paid_ord
     assert_eq!(stock(&app, &a).await, (8, 0, 2));
     assert_eq!(stock(&app, &b).await, (9, 0, 1));
     assert!(refunds(&app, &id).await.is_empty(), "nothing is refunded");
-    let unprocessed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let unprocessed = count(
+        &app,
+        "SELECT count(*) FROM stripe_events WHERE processed_at IS NULL",
+    )
+    .await;
     assert_eq!(unprocessed, 0);
     assert_eq!(app.state.actors.inventory.reconcile().await.unwrap(), 0);
 }
@@ -146,12 +180,13 @@ async fn a_shard_stalling_mid_commit_and_a_killed_saga_still_end_in_one_paid_ord
 #[tokio::test]
 async fn a_payment_that_does_not_match_its_order_is_refunded_and_the_order_cancelled() {
     let (app, stripe) = stripe_app(|_| {}).await;
-    let admin = app.login_as_admin().await;
-    let mug = variant(&app, &admin, "MISMATCH", 2500, 5).await;
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 2).await;
-    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let Ordered {
+        customer,
+        variant: mug,
+        order: created,
+        id,
+        ..
+    } = ordered(&app, "MISMATCH", 2500, 5, 2).await;
     let intent = created["payment"]["payment_intent_id"]
         .as_str()
         .unwrap()
@@ -216,12 +251,12 @@ async fn a_payment_that_does_not_match_its_order_is_refunded_and_the_order_cance
 #[tokio::test]
 async fn a_refund_the_provider_refuses_stays_owed_and_is_retried_until_taken() {
     let (app, stripe) = stripe_app(|_| {}).await;
-    let admin = app.login_as_admin().await;
-    let mug = variant(&app, &admin, "REFUND-RETRY", 1500, 5).await;
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 1).await;
-    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let Ordered {
+        admin,
+        customer,
+        id,
+        ..
+    } = ordered(&app, "REFUND-RETRY", 1500, 5, 1).await;
     pay(&app, &customer, &id).await;
     wait_status(&app, &customer, &id, "paid").await;
 
@@ -277,12 +312,12 @@ async fn a_refund_the_provider_refuses_stays_owed_and_is_retried_until_taken() {
 #[tokio::test]
 async fn partial_refunds_keep_the_status_and_a_shipped_order_cannot_be_refunded() {
     let (app, _stripe) = stripe_app(|_| {}).await;
-    let admin = app.login_as_admin().await;
-    let mug = variant(&app, &admin, "PARTIAL", 1000, 5).await;
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 3).await;
-    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let Ordered {
+        admin,
+        customer,
+        id,
+        ..
+    } = ordered(&app, "PARTIAL", 1000, 5, 3).await;
     pay(&app, &customer, &id).await;
     wait_status(&app, &customer, &id, "paid").await;
     let refund = |amount: i64| {
@@ -365,12 +400,12 @@ async fn partial_refunds_keep_the_status_and_a_shipped_order_cannot_be_refunded(
 #[tokio::test]
 async fn a_payment_taken_as_the_reservation_expires_is_either_an_order_or_a_refund() {
     let (app, stripe) = stripe_app(|settings| settings.checkout.reservation_ttl_secs = 2).await;
-    let admin = app.login_as_admin().await;
-    let mug = variant(&app, &admin, "LATE", 1200, 5).await;
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 1).await;
-    let created: Value = checkout(&app, &customer).await.json().await.unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
+    let Ordered {
+        customer,
+        variant: mug,
+        id,
+        ..
+    } = ordered(&app, "LATE", 1200, 5, 1).await;
     stripe.pause_webhooks();
     assert_eq!(pay(&app, &customer, &id).await.status(), 200);
     let settled = eventually(DEADLINE, "the order to settle", || async {
@@ -397,11 +432,11 @@ async fn a_payment_taken_as_the_reservation_expires_is_either_an_order_or_a_refu
     }
     // The webhook, once it arrives, changes nothing.
     eventually(DEADLINE, "every event to be processed", || async {
-        let unprocessed: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
+        let unprocessed = count(
+            &app,
+            "SELECT count(*) FROM stripe_events WHERE processed_at IS NULL",
+        )
+        .await;
         let delivered = stripe
             .delivered_events()
             .iter()
@@ -433,11 +468,11 @@ async fn a_checkout_the_provider_is_too_slow_for_answers_503_and_creates_nothing
         FaultAction::Delay(Duration::from_secs(3)),
     ));
     assert_problem(checkout(&app, &customer).await, 503).await;
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(orders, 0, "no order was created");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM orders").await,
+        0,
+        "no order was created"
+    );
     assert_eq!(stock(&app, &mug).await, (5, 0, 0), "no stock is held");
     let cart: Value = app
         .get_as(&customer.access_token, "/api/v1/cart")
@@ -480,11 +515,7 @@ async fn a_checkout_retried_after_a_lost_answer_returns_the_order_already_made()
         .await;
     assert!(impatient.is_err(), "the client gave up");
     eventually(DEADLINE, "the first attempt's order", || async {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-        (count == 1).then_some(())
+        (count(&app, "SELECT count(*) FROM orders").await == 1).then_some(())
     })
     .await;
     let retry = checkout(&app, &customer).await;
@@ -495,11 +526,11 @@ async fn a_checkout_retried_after_a_lost_answer_returns_the_order_already_made()
         .await
         .unwrap();
     assert_eq!(body["id"], first.to_string());
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 1, "exactly one order");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM orders").await,
+        1,
+        "exactly one order"
+    );
     assert_eq!(stock(&app, &mug).await, (5, 1, 0));
 }
 
@@ -555,11 +586,11 @@ async fn the_sagas_alive_are_the_pending_orders() {
     .await;
     // The orphan event is settled, not replayed forever.
     eventually(DEADLINE, "every event to be processed", || async {
-        let unprocessed: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
+        let unprocessed = count(
+            &app,
+            "SELECT count(*) FROM stripe_events WHERE processed_at IS NULL",
+        )
+        .await;
         (unprocessed == 0).then_some(())
     })
     .await;

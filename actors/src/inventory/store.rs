@@ -123,18 +123,7 @@ pub async fn commit(
     .bind(variants)
     .fetch_all(&mut *tx)
     .await?;
-    let ids: Vec<Uuid> = sold.iter().map(|(v, _)| *v).collect();
-    let units: Vec<i32> = sold.iter().map(|(_, q)| *q).collect();
-    sqlx::query(
-        "UPDATE product_variants v SET stock = v.stock - s.units
-         FROM (SELECT variant_id, sum(units)::int AS units
-               FROM UNNEST($1::uuid[], $2::int[]) AS t(variant_id, units) GROUP BY variant_id) s
-         WHERE v.id = s.variant_id",
-    )
-    .bind(&ids)
-    .bind(&units)
-    .execute(&mut *tx)
-    .await?;
+    shelve(&mut tx, &sold, -1).await?;
     let total: i32 = sqlx::query_scalar(
         "SELECT coalesce(sum(quantity), 0)::int FROM stock_reservations
          WHERE owner_id = $1 AND variant_id = ANY($2) AND status = 'committed'",
@@ -172,6 +161,27 @@ pub async fn set_on_hand(
     Ok(())
 }
 
+/// Moves units of each (variant, units) row onto the shelf (`direction` 1) or off it (-1).
+async fn shelve(
+    tx: &mut sqlx::PgConnection,
+    rows: &[(Uuid, i32)],
+    direction: i32,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|(v, _)| *v).collect();
+    let units: Vec<i32> = rows.iter().map(|(_, q)| q * direction).collect();
+    sqlx::query(
+        "UPDATE product_variants v SET stock = v.stock + s.units
+         FROM (SELECT variant_id, sum(units)::int AS units
+               FROM UNNEST($1::uuid[], $2::int[]) AS t(variant_id, units) GROUP BY variant_id) s
+         WHERE v.id = s.variant_id",
+    )
+    .bind(&ids)
+    .bind(&units)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// `owner`'s committed (sold) units, per variant: what a repeated commit answers.
 pub async fn committed(db: &PgPool, owner: Uuid) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
     sqlx::query_as(
@@ -200,18 +210,7 @@ pub async fn restock(
     .bind(variants)
     .fetch_all(&mut *tx)
     .await?;
-    let ids: Vec<Uuid> = returned.iter().map(|(v, _)| *v).collect();
-    let units: Vec<i32> = returned.iter().map(|(_, q)| *q).collect();
-    sqlx::query(
-        "UPDATE product_variants v SET stock = v.stock + s.units
-         FROM (SELECT variant_id, sum(units)::int AS units
-               FROM UNNEST($1::uuid[], $2::int[]) AS t(variant_id, units) GROUP BY variant_id) s
-         WHERE v.id = s.variant_id",
-    )
-    .bind(&ids)
-    .bind(&units)
-    .execute(&mut *tx)
-    .await?;
+    shelve(&mut tx, &returned, 1).await?;
     tx.commit().await?;
     Ok(returned)
 }
