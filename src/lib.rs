@@ -15,6 +15,7 @@ pub mod media;
 pub mod messaging;
 pub mod orders;
 pub mod payments;
+pub mod promotions;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
