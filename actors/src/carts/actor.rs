@@ -55,7 +55,11 @@ pub enum Change {
     Remove {
         line: Uuid,
     },
+    /// Empties the lines and drops the coupon.
     Clear,
+    SetCoupon {
+        code: Option<String>,
+    },
 }
 
 const WAITING: u8 = 0;
@@ -156,6 +160,11 @@ impl CartState {
             }
             Change::Remove { line } => self.remove(line, deadline).await,
             Change::Clear => self.clear(deadline).await,
+            Change::SetCoupon { code } => {
+                store::set_coupon(&self.db, self.cart.cart_id, code.as_deref(), deadline).await?;
+                self.cart.coupon_code = code;
+                Ok(())
+            }
         }
     }
 
@@ -242,6 +251,7 @@ impl CartState {
     async fn clear(&mut self, deadline: Instant) -> Result<(), CartError> {
         store::clear(&self.db, self.cart.cart_id, deadline).await?;
         self.cart.lines.clear();
+        self.cart.coupon_code = None;
         Ok(())
     }
 
@@ -292,6 +302,7 @@ impl CartState {
             match store::clear(&self.db, self.cart.cart_id, until).await {
                 Ok(()) => {
                     self.cart.lines.clear();
+                    self.cart.coupon_code = None;
                     return Ok(());
                 }
                 Err(error) if Instant::now() + pause < until => {

@@ -72,6 +72,9 @@ pub struct CartSnapshot {
     pub cart_id: Uuid,
     pub user_id: Uuid,
     pub lines: Vec<CartLine>,
+    /// The coupon code the customer applied, kept even while it does not apply (the cart view
+    /// says why); one per cart.
+    pub coupon_code: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -304,6 +307,17 @@ impl Carts {
 
     pub async fn clear(&self, user: Uuid) -> Result<CartSnapshot, CartError> {
         self.change(user, || Change::Clear).await
+    }
+
+    /// Applies a coupon code to the cart (replacing any other), or removes it (`None`). Whether
+    /// the code exists and applies is the caller's to check; the cart only keeps it.
+    pub async fn set_coupon(
+        &self,
+        user: Uuid,
+        code: Option<String>,
+    ) -> Result<CartSnapshot, CartError> {
+        self.change(user, || Change::SetCoupon { code: code.clone() })
+            .await
     }
 
     /// Checks out `user`'s cart in one message to its actor: `place` gets the cart's lines and

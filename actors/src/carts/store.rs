@@ -10,11 +10,12 @@ use super::{CartError, CartLine, CartSnapshot};
 
 /// The customer's cart with its lines, created empty on first touch.
 pub async fn load(db: &PgPool, user: Uuid) -> Result<CartSnapshot, sqlx::Error> {
-    let (cart_id, updated_at): (Uuid, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-        "INSERT INTO carts (id, user_id) VALUES ($1, $2)
-         ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id
-         RETURNING id, updated_at",
-    )
+    let (cart_id, coupon_code, updated_at): (Uuid, Option<String>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "INSERT INTO carts (id, user_id) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id
+             RETURNING id, coupon_code::text, updated_at",
+        )
     .bind(Uuid::now_v7())
     .bind(user)
     .fetch_one(db)
@@ -41,6 +42,7 @@ pub async fn load(db: &PgPool, user: Uuid) -> Result<CartSnapshot, sqlx::Error> 
                 },
             )
             .collect(),
+        coupon_code,
         updated_at,
     })
 }
@@ -139,8 +141,20 @@ pub async fn delete_line(
 pub async fn clear(db: &PgPool, cart: Uuid, deadline: Instant) -> Result<(), CartError> {
     let query = sqlx::query(
         "WITH gone AS (DELETE FROM cart_items WHERE cart_id = $1)
-         UPDATE carts SET updated_at = now() WHERE id = $1",
+         UPDATE carts SET coupon_code = NULL, updated_at = now() WHERE id = $1",
     )
     .bind(cart);
+    write(db, deadline, query).await
+}
+
+pub async fn set_coupon(
+    db: &PgPool,
+    cart: Uuid,
+    code: Option<&str>,
+    deadline: Instant,
+) -> Result<(), CartError> {
+    let query = sqlx::query("UPDATE carts SET coupon_code = $2, updated_at = now() WHERE id = $1")
+        .bind(cart)
+        .bind(code);
     write(db, deadline, query).await
 }
