@@ -3,6 +3,8 @@
 //! limits hold under one customer's concurrent attempts; release frees a use, commit keeps it, and
 //! every call is idempotent per (coupon, order).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -62,24 +64,33 @@ async fn rows(app: &TestApp, coupon: Uuid) -> (i64, i64, i64) {
 }
 
 /// Reserves until the limiter decides: an actor or storage error (a killed shard) leaves the
-/// outcome open, and the same order asks again, which is idempotent.
+/// outcome open, and the same order asks again, which is idempotent. `answered` runs once the
+/// first answer, whatever it is, is in. Also answers how many times it asked again.
 async fn reserve_until_decided(
     limiter: CouponLimiter,
     coupon: Uuid,
     order: Uuid,
     user: Uuid,
     limits: Limits,
-) -> Result<(), CouponError> {
+    answered: impl FnOnce(),
+) -> (Result<(), CouponError>, usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut answered = Some(answered);
+    let mut retries = 0;
     loop {
-        match limiter.reserve(coupon, order, user, limits).await {
+        let answer = limiter.reserve(coupon, order, user, limits).await;
+        if let Some(answered) = answered.take() {
+            answered();
+        }
+        match answer {
             Err(CouponError::Actor(_) | CouponError::Storage(_))
                 if tokio::time::Instant::now() < deadline =>
             {
+                retries += 1;
                 // Back off while the supervisor restarts the shard.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            decided => return decided,
+            decided => return (decided, retries),
         }
     }
 }
@@ -124,7 +135,7 @@ async fn two_hundred_customers_racing_for_ten_uses_get_exactly_ten() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_killed_mid_burst_still_grants_exactly_ten_and_rebuilds_its_count() {
     let app = TestApp::spawn().await;
     let coupon = coupon(&app, TEN).await;
@@ -139,31 +150,37 @@ async fn a_shard_killed_mid_burst_still_grants_exactly_ten_and_rebuilds_its_coun
         limiter.reserve(coupon, order, *user, TEN).await.unwrap();
         orders.push((order, *user));
     }
+    // Mid-burst: the first answer any of the burst gets kills the shard, while the others are
+    // still in its mailbox or its next batch.
+    let before = limiter.shard_cell(shard).expect("running");
+    let killed = Arc::new(AtomicBool::new(false));
     let attempts: Vec<_> = burst[3..]
         .iter()
         .map(|user| {
             let (limiter, user, order) = (limiter.clone(), *user, Uuid::new_v4());
+            let (killed, cell) = (killed.clone(), before.clone());
             tokio::spawn(async move {
-                (
-                    order,
-                    reserve_until_decided(limiter, coupon, order, user, TEN).await,
-                )
+                let kill_once = move || {
+                    if !killed.swap(true, Ordering::SeqCst) {
+                        cell.kill();
+                    }
+                };
+                let (answer, retries) =
+                    reserve_until_decided(limiter, coupon, order, user, TEN, kill_once).await;
+                (order, answer, retries)
             })
         })
         .collect();
-    // Mid-burst: once more uses than the 3 above have reached PostgreSQL.
-    eventually(Duration::from_secs(10), "the burst to start", || async {
-        let (held, _, _) = rows(&app, coupon).await;
-        (held > 3).then_some(())
-    })
-    .await;
-    let before = limiter.shard_cell(shard).expect("running");
-    before.kill();
     let results: Vec<_> = join_all(attempts)
         .await
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
+    let retries: usize = results.iter().map(|(_, _, retries)| retries).sum();
+    assert!(
+        retries > 0,
+        "the kill came after the whole burst was decided"
+    );
     eventually(
         Duration::from_secs(5),
         "the shard to be restarted",
@@ -176,12 +193,12 @@ async fn a_shard_killed_mid_burst_still_grants_exactly_ten_and_rebuilds_its_coun
     .await;
     let granted: Vec<Uuid> = results
         .iter()
-        .filter(|(_, r)| r.is_ok())
-        .map(|(order, _)| *order)
+        .filter(|(_, r, _)| r.is_ok())
+        .map(|(order, _, _)| *order)
         .collect();
     let refused = results
         .iter()
-        .filter(|(_, r)| matches!(r, Err(CouponError::LimitReached)))
+        .filter(|(_, r, _)| matches!(r, Err(CouponError::LimitReached)))
         .count();
     assert_eq!((granted.len(), refused), (7, 190), "{results:?}");
     assert_eq!(rows(&app, coupon).await, (10, 0, 0));

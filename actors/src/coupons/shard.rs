@@ -253,16 +253,16 @@ impl LimiterState {
                 .cloned()
                 // Every row has an outcome; a repeat without one is told to ask again.
                 .unwrap_or_else(|| Err("the reservation's outcome is unknown; retry".into()));
-            if pending.row {
-                if let Some(uses) = self.coupons.get_mut(&pending.coupon) {
-                    match outcome {
-                        Ok(()) => {
-                            if let Some(held) = uses.orders.get_mut(&pending.order) {
-                                held.state = State::Held;
-                            }
+            if pending.row
+                && let Some(uses) = self.coupons.get_mut(&pending.coupon)
+            {
+                match outcome {
+                    Ok(()) => {
+                        if let Some(held) = uses.orders.get_mut(&pending.order) {
+                            held.state = State::Held;
                         }
-                        Err(_) => uses.remove(pending.order),
                     }
+                    Err(_) => uses.remove(pending.order),
                 }
             }
             let _ = pending.reply.send(outcome.map_err(CouponError::Storage));
@@ -374,11 +374,11 @@ impl LimiterState {
                 if let Some(uses) = self.coupons.get_mut(&coupon) {
                     match to {
                         Settled::Committed => {
-                            if let Some(held) = uses.orders.get_mut(&order) {
-                                if held.state != State::Committed {
-                                    held.state = State::Committed;
-                                    uses.held -= 1;
-                                }
+                            if let Some(held) = uses.orders.get_mut(&order)
+                                && held.state != State::Committed
+                            {
+                                held.state = State::Committed;
+                                uses.held -= 1;
                             }
                         }
                         Settled::Released => uses.remove(order),
