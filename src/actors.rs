@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use shop_actors::carts::{CartConfig, Carts};
+use shop_actors::coupons::{CouponConfig, CouponLimiter};
 use shop_actors::inventory::{Inventory, InventoryConfig};
 use shop_actors::refunds::Refunds;
 use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, ShopActor, Slot};
@@ -22,6 +23,8 @@ pub struct Actors {
     system: ActorSystem,
     /// The inventory shards: stock availability, reservations, sales.
     pub inventory: Inventory,
+    /// The coupon limiter shards: coupon uses held, committed, released.
+    pub coupons: CouponLimiter,
     /// One actor per active customer's cart.
     pub carts: Carts,
     /// The outbox relay's and email dispatcher's shared parts (readiness checks use them).
@@ -63,6 +66,17 @@ impl Actors {
             },
             restart,
             Slot::empty("inventory_supervisor"),
+        );
+        // As many shards as the inventory: both spread hot keys over the same cores.
+        let (coupons, coupons_spec) = CouponLimiter::new(
+            prefix,
+            db.clone(),
+            &CouponConfig {
+                shards: settings.inventory.shard_count(),
+                call_timeout,
+            },
+            restart,
+            Slot::empty("coupon_supervisor"),
         );
         let (carts, carts_spec) = Carts::new(
             prefix,
@@ -107,6 +121,7 @@ impl Actors {
         let messaging = Messaging::from_settings(settings)?;
         let mut children = vec![
             inventory_spec,
+            coupons_spec,
             carts_spec,
             orders_spec,
             payment_router.child_spec(
@@ -122,6 +137,7 @@ impl Actors {
         Ok(Self {
             system,
             inventory,
+            coupons,
             carts,
             messaging,
             orders,

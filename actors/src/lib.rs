@@ -3,6 +3,7 @@
 //! reaches it through the typed handles exported here.
 
 pub mod carts;
+pub mod coupons;
 pub mod instrument;
 pub mod inventory;
 pub mod keyed;

@@ -302,7 +302,10 @@ impl<K: SupervisorKind> ShopActor for Supervisor<K> {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            SupervisionEvent::ActorTerminated(cell, last_state, reason) => {
+                // The old incarnation's state goes before the new one starts: what it holds (a
+                // shard's locked connection, say) must not outlive it into the restart.
+                drop(last_state);
                 (cell, reason.unwrap_or_else(|| "stopped".into()))
             }
             SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),

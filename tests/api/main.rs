@@ -8,6 +8,7 @@ mod carts;
 mod catalog;
 mod chaos;
 mod cli;
+mod coupons;
 mod deploy_files;
 mod emails;
 mod identity;
