@@ -83,7 +83,8 @@ async fn update_coupon(
 /// the row stays, so past orders keep their snapshot of it.
 #[utoipa::path(delete, path = "/coupons/{id}", tag = "admin", params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204, description = "Deactivated; the coupon stays, inactive"),
+              (status = 403, body = Problem), (status = 404, body = Problem)))]
 async fn deactivate_coupon(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -135,7 +136,8 @@ async fn update_gift_rule(
 /// past orders keep theirs.
 #[utoipa::path(delete, path = "/gift-rules/{id}", tag = "admin", params(("id" = Uuid, Path)),
     security(("bearer" = [])),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204, description = "Deactivated; the rule stays, inactive"),
+              (status = 403, body = Problem), (status = 404, body = Problem)))]
 async fn deactivate_gift_rule(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,

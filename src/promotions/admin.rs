@@ -81,20 +81,23 @@ pub struct NewCoupon {
     pub active: bool,
 }
 
-/// A partial update: a field left out stays as it is; `null` clears an optional field. The
-/// result is validated as a whole (changing `kind` to `percent` needs a `value` of 1 to 100).
+/// A partial update: a field left out stays as it is; `null` clears an optional field (`code`,
+/// `kind`, `value`, `scope` and `active` have no unset state: `null` is a 422). The result is
+/// validated as a whole (changing `kind` to `percent` needs a `value` of 1 to 100).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CouponChanges {
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_-]{3,32}$")]
+    #[schema(value_type = String, required = false, min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_-]{3,32}$")]
     pub code: Option<String>,
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = CouponKind, required = false)]
     pub kind: Option<CouponKind>,
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    #[schema(value_type = i64, required = false, minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub value: Option<i64>,
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = CouponScope, required = false)]
     pub scope: Option<CouponScope>,
     /// Replaces the list; `null` or `[]` empties it.
     #[serde(default, deserialize_with = "double_option")]
@@ -120,6 +123,7 @@ pub struct CouponChanges {
     #[schema(value_type = Option<i32>, minimum = 1)]
     pub per_customer_limit: Option<Option<i32>>,
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = bool, required = false)]
     pub active: Option<bool>,
 }
 
@@ -145,17 +149,19 @@ pub struct NewGiftRule {
     pub active: bool,
 }
 
-/// A partial update: a field left out stays as it is; `null` clears an optional field.
+/// A partial update: a field left out stays as it is; `null` clears an optional field (`name`,
+/// `gift_variant_id`, `gift_quantity` and `active` have no unset state: `null` is a 422).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GiftRuleChanges {
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 200)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = Uuid, required = false)]
     pub gift_variant_id: Option<Uuid>,
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(minimum = 1, maximum = 99)]
+    #[schema(value_type = i32, required = false, minimum = 1, maximum = 99)]
     pub gift_quantity: Option<i32>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_i64)]
@@ -171,6 +177,7 @@ pub struct GiftRuleChanges {
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(value_type = bool, required = false)]
     pub active: Option<bool>,
 }
 
