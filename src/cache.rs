@@ -1,7 +1,9 @@
-//! The response cache for catalog reads: in-process (moka) by default, Redis when configured.
+//! The read cache for the catalog and for promotions (coupon and gift-rule lookups): in-process
+//! (moka) by default, Redis when configured.
 //!
-//! Keys carry a catalog version that every catalog write bumps, so invalidation is O(1) (no
-//! `KEYS`/`SCAN` sweeps); entries also expire after a short TTL as a backstop. Redis is an
+//! Keys carry the version of their [`Scope`], which every write to that scope bumps, so
+//! invalidation is O(1) (no `KEYS`/`SCAN` sweeps) and a catalog edit leaves cached promotions
+//! alone (and the other way round); entries also expire after a short TTL as a backstop. Redis is an
 //! optimisation, never a dependency: any Redis error (or a Redis that is down) counts in
 //! `cache_errors_total`, is treated as a miss, and the request is served from PostgreSQL.
 
@@ -22,6 +24,33 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failed connection attempt, wait this long before trying again.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// A family of cached reads with a version of its own: a write bumps only its own scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Listings and products.
+    Catalog,
+    /// Coupons by code and the active gift rules (never usage counts).
+    Promotions,
+}
+
+impl Scope {
+    const ALL: [Scope; 2] = [Scope::Catalog, Scope::Promotions];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Catalog => "catalog",
+            Self::Promotions => "promotions",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Catalog => 0,
+            Self::Promotions => 1,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Cache {
     backend: Arc<Backend>,
@@ -32,7 +61,8 @@ pub struct Cache {
 enum Backend {
     Memory {
         entries: moka::future::Cache<String, Bytes>,
-        version: AtomicU64,
+        /// One per [`Scope`], by [`Scope::index`].
+        versions: [AtomicU64; Scope::ALL.len()],
     },
     Redis(RedisBackend),
 }
@@ -102,7 +132,7 @@ impl Cache {
                     .max_capacity(10_000)
                     .time_to_live(Duration::from_secs(settings.cache.listing_ttl_secs.max(1)))
                     .build(),
-                version: AtomicU64::new(0),
+                versions: Scope::ALL.map(|_| AtomicU64::new(0)),
             },
             CacheBackend::Redis => Backend::Redis(RedisBackend {
                 client: redis::Client::open(settings.redis.url.expose_secret())?,
@@ -124,8 +154,16 @@ impl Cache {
         }
     }
 
-    fn version_key(&self) -> String {
-        format!("{}catalog:version", self.prefix)
+    fn version_key(&self, scope: Scope) -> String {
+        format!("{}{}:version", self.prefix, scope.as_str())
+    }
+
+    fn entry_key(&self, scope: Scope, version: u64, namespace: &str, key: &str) -> String {
+        format!(
+            "{}{}:v{version}:{namespace}:{key}",
+            self.prefix,
+            scope.as_str()
+        )
     }
 
     fn failed(&self, error: &CacheError) {
@@ -135,10 +173,22 @@ impl Cache {
 
     /// The current catalog version, or `None` when the cache cannot be used right now.
     pub async fn catalog_version(&self) -> Option<u64> {
+        self.version(Scope::Catalog).await
+    }
+
+    /// Invalidates every cached catalog response at once.
+    pub async fn bump_catalog_version(&self) {
+        self.bump_version(Scope::Catalog).await;
+    }
+
+    /// The current version of `scope`, or `None` when the cache cannot be used right now.
+    pub async fn version(&self, scope: Scope) -> Option<u64> {
         match &*self.backend {
-            Backend::Memory { version, .. } => Some(version.load(Ordering::Acquire)),
+            Backend::Memory { versions, .. } => {
+                Some(versions[scope.index()].load(Ordering::Acquire))
+            }
             Backend::Redis(redis) => {
-                let key = self.version_key();
+                let key = self.version_key(scope);
                 match redis
                     .run(async |c| c.get::<_, Option<u64>>(&key).await)
                     .await
@@ -153,14 +203,14 @@ impl Cache {
         }
     }
 
-    /// Invalidates every cached catalog response at once.
-    pub async fn bump_catalog_version(&self) {
+    /// Invalidates every cached entry of `scope` at once.
+    pub async fn bump_version(&self, scope: Scope) {
         match &*self.backend {
-            Backend::Memory { version, .. } => {
-                version.fetch_add(1, Ordering::AcqRel);
+            Backend::Memory { versions, .. } => {
+                versions[scope.index()].fetch_add(1, Ordering::AcqRel);
             }
             Backend::Redis(redis) => {
-                let key = self.version_key();
+                let key = self.version_key(scope);
                 if let Err(error) = redis
                     .run(async |c| c.incr::<_, _, u64>(&key, 1).await)
                     .await
@@ -172,9 +222,27 @@ impl Cache {
         }
     }
 
-    /// `namespace` names the metric label (`listing`, `product`); `key` must be normalized.
+    /// A catalog entry. `namespace` names the metric label (`listing`, `product`); `key` must be
+    /// normalized.
     pub async fn get(&self, namespace: &'static str, version: u64, key: &str) -> Option<Bytes> {
-        let key = format!("{}catalog:v{version}:{namespace}:{key}", self.prefix);
+        self.get_in(Scope::Catalog, namespace, version, key).await
+    }
+
+    pub async fn put(&self, namespace: &'static str, version: u64, key: &str, value: Bytes) {
+        self.put_in(Scope::Catalog, namespace, version, key, value)
+            .await;
+    }
+
+    /// An entry of `scope` read under `version` (from [`Cache::version`]). `namespace` names the
+    /// metric label; `key` must be normalized.
+    pub async fn get_in(
+        &self,
+        scope: Scope,
+        namespace: &'static str,
+        version: u64,
+        key: &str,
+    ) -> Option<Bytes> {
+        let key = self.entry_key(scope, version, namespace, key);
         let found = match &*self.backend {
             Backend::Memory { entries, .. } => entries.get(&key).await,
             Backend::Redis(redis) => {
@@ -196,8 +264,17 @@ impl Cache {
         found
     }
 
-    pub async fn put(&self, namespace: &'static str, version: u64, key: &str, value: Bytes) {
-        let key = format!("{}catalog:v{version}:{namespace}:{key}", self.prefix);
+    /// Stores an entry of `scope` under the `version` it was read with: if a write bumped the
+    /// version meanwhile, the entry is simply never read.
+    pub async fn put_in(
+        &self,
+        scope: Scope,
+        namespace: &'static str,
+        version: u64,
+        key: &str,
+        value: Bytes,
+    ) {
+        let key = self.entry_key(scope, version, namespace, key);
         match &*self.backend {
             Backend::Memory { entries, .. } => entries.insert(key, value).await,
             Backend::Redis(redis) => {

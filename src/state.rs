@@ -29,4 +29,12 @@ impl AppState {
     pub async fn catalog_changed(&self) {
         self.cache.bump_catalog_version().await;
     }
+
+    /// Every admin edit of a coupon or a gift rule ends here: cached promotion lookups are
+    /// invalidated at once.
+    pub async fn promotions_changed(&self) {
+        self.cache
+            .bump_version(crate::cache::Scope::Promotions)
+            .await;
+    }
 }

@@ -14,6 +14,7 @@ pub mod middleware;
 mod orders;
 pub mod pagination;
 mod payments;
+mod promotions;
 mod rate_limit;
 mod testing;
 
@@ -111,6 +112,7 @@ fn api_router() -> OpenApiRouter<AppState> {
             "/api/v1/admin",
             identity::admin_router()
                 .merge(orders::admin_router())
+                .merge(promotions::admin_router())
                 .route_layer(axum::middleware::from_fn(auth::require_admin)),
         )
 }

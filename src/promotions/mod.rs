@@ -2,7 +2,10 @@
 //! gift rules (a free line while the cart meets their conditions). The domain types live here;
 //! the admin's store and routes, the pricing module and the coupon limiter actor build on them.
 
+pub mod admin;
+pub mod lookup;
 pub mod pricing;
+pub mod store;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

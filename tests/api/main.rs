@@ -21,4 +21,5 @@ mod order_failures;
 mod orders;
 mod payments;
 mod platform;
+mod promotions;
 mod supervision;
