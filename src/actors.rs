@@ -103,6 +103,7 @@ impl Actors {
                 inventory: inventory.clone(),
                 payments: std::sync::Arc::new(payments.clone()),
                 refunds: refunds.clone(),
+                coupons: coupons.clone(),
             },
             Duration::from_secs(checkout.call_timeout_secs),
             Duration::from_secs(checkout.sweep_interval_secs.max(1)),

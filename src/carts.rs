@@ -14,6 +14,9 @@ use uuid::Uuid;
 
 use crate::catalog::ProductType;
 use crate::error::{AppError, FieldError};
+use crate::promotions::pricing::{Line, gifts_due, price};
+use crate::promotions::{Coupon, CouponRefusal, GiftRule};
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CartItem {
@@ -29,13 +32,28 @@ pub struct CartItem {
     pub unit_price: i64,
     pub quantity: i32,
     pub line_total: i64,
-    /// A free gift added by a gift rule.
+    /// What the cart's coupon takes off this line (minor units).
+    pub discount: i64,
+    /// `line_total - discount`.
+    pub total: i64,
+    /// A free gift added by a gift rule: unit price 0, there while the rule's conditions hold;
+    /// the customer cannot change or remove it (409).
     pub gift: bool,
     /// False when the product was archived or the variant removed: the line cannot be bought.
     pub available: bool,
     /// The unit price changed since the line was added.
     pub price_changed: bool,
     pub price_at_add: i64,
+}
+
+/// The coupon applied to a cart: kept while it does not apply, with the reason.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartCoupon {
+    pub code: String,
+    /// Whether it takes money off now.
+    pub applied: bool,
+    /// Why it does not apply now (the cart below its minimum, no eligible product...).
+    pub reason: Option<CouponRefusal>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -46,7 +64,14 @@ pub struct Cart {
     pub discount_total: i64,
     pub total: i64,
     pub currency: String,
+    pub coupon: Option<CartCoupon>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a cart is priced with: its coupon (if the code names one) and the live gift rules.
+pub struct Promotions {
+    pub coupon: Option<Coupon>,
+    pub gift_rules: Vec<GiftRule>,
 }
 
 #[derive(FromRow)]
@@ -59,30 +84,105 @@ struct VariantDetails {
     price: i64,
     sellable: bool,
     image_url: Option<String>,
+    category_id: Option<Uuid>,
 }
 
-pub async fn view(db: &PgPool, cart: CartSnapshot, currency: &str) -> Result<Cart, AppError> {
-    let ids: Vec<Uuid> = cart.lines.iter().map(|l| l.variant_id).collect();
-    let details: HashMap<Uuid, VariantDetails> = sqlx::query_as::<_, VariantDetails>(
+/// The cart as its customer sees it, priced with its coupon and the gift rules of now.
+pub async fn view(state: &AppState, cart: CartSnapshot) -> Result<Cart, AppError> {
+    let coupon = match &cart.coupon_code {
+        Some(code) => crate::promotions::lookup::coupon_by_code(state, code).await?,
+        None => None,
+    };
+    let promotions = Promotions {
+        coupon,
+        gift_rules: crate::promotions::lookup::active_gift_rules(state).await?,
+    };
+    priced(
+        &state.db,
+        cart,
+        &promotions,
+        &state.settings.store.currency,
+        Utc::now(),
+    )
+    .await
+}
+
+async fn details(db: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, VariantDetails>, sqlx::Error> {
+    Ok(sqlx::query_as::<_, VariantDetails>(
         "SELECT v.id AS variant_id, p.id AS product_id, p.name, v.sku::text AS sku, v.options,
                 coalesce(v.price, p.price) AS price,
                 (p.status = 'active' AND v.archived_at IS NULL) AS sellable,
                 (SELECT i.url FROM product_images i WHERE i.product_id = p.id
-                  ORDER BY i.position LIMIT 1) AS image_url
+                  ORDER BY i.position LIMIT 1) AS image_url,
+                p.category_id
          FROM product_variants v JOIN products p ON p.id = v.product_id
          WHERE v.id = ANY($1)",
     )
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(db)
     .await?
     .into_iter()
     .map(|d| (d.variant_id, d))
-    .collect();
+    .collect())
+}
+
+/// Each category with its ancestors, for coupons scoped to a category and its descendants.
+async fn ancestors(
+    db: &PgPool,
+    categories: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<Uuid>>, sqlx::Error> {
+    if categories.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, Vec<Uuid>)> = sqlx::query_as(
+        "WITH RECURSIVE up (start, id, parent_id) AS (
+             SELECT id, id, parent_id FROM categories WHERE id = ANY($1)
+             UNION ALL
+             SELECT up.start, c.id, c.parent_id FROM categories c JOIN up ON c.id = up.parent_id
+         )
+         SELECT start, array_agg(id) FROM up GROUP BY start",
+    )
+    .bind(categories)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Prices `cart` with `promotions` at `now`: today's prices, the coupon's line discounts, and the
+/// gift lines the rules give. Lines that cannot be bought are shown, flagged, and count nowhere.
+pub async fn priced(
+    db: &PgPool,
+    cart: CartSnapshot,
+    promotions: &Promotions,
+    currency: &str,
+    now: DateTime<Utc>,
+) -> Result<Cart, AppError> {
+    let mut ids: Vec<Uuid> = cart.lines.iter().map(|l| l.variant_id).collect();
+    ids.extend(promotions.gift_rules.iter().map(|r| r.gift_variant_id));
+    let details = details(db, &ids).await?;
+    let categories: Vec<Uuid> = details.values().filter_map(|d| d.category_id).collect();
+    let ancestors = ancestors(db, &categories).await?;
+    let pricing_line = |key: Uuid, d: &VariantDetails, quantity: i32, gift: bool| Line {
+        key,
+        variant_id: d.variant_id,
+        product_id: d.product_id,
+        category_ids: d
+            .category_id
+            .and_then(|c| ancestors.get(&c).cloned())
+            .unwrap_or_default(),
+        unit_price: if gift { 0 } else { d.price },
+        quantity,
+        gift,
+    };
     let mut items = Vec::with_capacity(cart.lines.len());
-    for line in cart.lines {
+    let mut paid = Vec::new();
+    for line in &cart.lines {
         let Some(d) = details.get(&line.variant_id) else {
             continue;
         };
+        if d.sellable {
+            paid.push(pricing_line(line.id, d, line.quantity, false));
+        }
         items.push(CartItem {
             id: line.id,
             product_id: d.product_id,
@@ -94,24 +194,70 @@ pub async fn view(db: &PgPool, cart: CartSnapshot, currency: &str) -> Result<Car
             unit_price: d.price,
             quantity: line.quantity,
             line_total: d.price * i64::from(line.quantity),
+            discount: 0,
+            total: d.price * i64::from(line.quantity),
             gift: false,
             available: d.sellable,
             price_changed: d.price != line.unit_price_at_add,
             price_at_add: line.unit_price_at_add,
         });
     }
-    let subtotal = items
+    // Gift lines: there while their rule holds; their id is the rule's.
+    for due in gifts_due(&paid, &promotions.gift_rules, now) {
+        let Some(d) = details.get(&due.variant_id).filter(|d| d.sellable) else {
+            continue;
+        };
+        items.push(CartItem {
+            id: due.rule_id,
+            product_id: d.product_id,
+            variant_id: d.variant_id,
+            name: d.name.clone(),
+            sku: d.sku.clone(),
+            options: d.options.0.clone(),
+            image_url: d.image_url.clone(),
+            unit_price: 0,
+            quantity: due.quantity,
+            line_total: 0,
+            discount: 0,
+            total: 0,
+            gift: true,
+            available: true,
+            price_changed: false,
+            price_at_add: 0,
+        });
+    }
+    let pricing = price(&paid, promotions.coupon.as_ref(), now);
+    let discounts: HashMap<Uuid, (i64, i64)> = pricing
+        .lines
         .iter()
-        .filter(|i| i.available)
-        .map(|i| i.line_total)
-        .sum();
+        .map(|l| (l.key, (l.discount, l.total)))
+        .collect();
+    for item in items.iter_mut().filter(|i| !i.gift) {
+        if let Some((discount, total)) = discounts.get(&item.id) {
+            item.discount = *discount;
+            item.total = *total;
+        }
+    }
+    let coupon = cart.coupon_code.map(|code| {
+        let verdict = match (&promotions.coupon, pricing.coupon) {
+            (Some(_), Some(verdict)) => verdict,
+            // A code that names no coupon (or none any more).
+            _ => Err(CouponRefusal::Unknown),
+        };
+        CartCoupon {
+            code,
+            applied: verdict.is_ok(),
+            reason: verdict.err(),
+        }
+    });
     Ok(Cart {
         id: cart.cart_id,
         items,
-        subtotal,
-        discount_total: 0,
-        total: subtotal,
+        subtotal: pricing.subtotal,
+        discount_total: pricing.discount_total,
+        total: pricing.total,
         currency: currency.to_owned(),
+        coupon,
         updated_at: cart.updated_at,
     })
 }

@@ -341,6 +341,13 @@ pub struct RateLimitSettings {
     pub per_ip_per_second: u32,
     pub per_ip_burst: u32,
     pub login_failures_per_email: u32,
+    /// Wrong coupon codes a customer may try in 15 minutes before `POST /cart/coupon` is 429.
+    #[serde(default = "default_coupon_failures")]
+    pub coupon_failures_per_customer: u32,
+}
+
+fn default_coupon_failures() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -44,6 +44,10 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub errors: Option<serde_json::Value>,
+    /// Why a coupon was refused: `expired`, `not_started`, `usage_limit_reached`,
+    /// `min_order_not_met`, `not_applicable` or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Problem {
@@ -54,6 +58,7 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             errors: None,
+            reason: None,
         }
     }
 
@@ -124,6 +129,9 @@ pub enum AppError {
     RateLimited { retry_after_secs: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// A coupon that does not apply (422 with its `reason`).
+    #[error("coupon refused: {}", .0.as_str())]
+    CouponRefused(crate::promotions::CouponRefusal),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -186,6 +194,22 @@ impl AppError {
             }
             Self::RateLimited { retry_after_secs } => Problem::new(StatusCode::TOO_MANY_REQUESTS)
                 .detail(format!("Too many requests; retry in {retry_after_secs} s.")),
+            Self::CouponRefused(reason) => {
+                use crate::promotions::CouponRefusal::*;
+                let detail = match reason {
+                    Expired => "The coupon has expired.",
+                    NotStarted => "The coupon is not valid yet.",
+                    UsageLimitReached => "The coupon has been used as often as it may be.",
+                    MinOrderNotMet => "The cart does not reach the coupon's minimum order total.",
+                    NotApplicable => "The coupon applies to nothing in the cart.",
+                    Unknown => "No such coupon.",
+                };
+                let mut problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
+                    .kind("coupon-refused")
+                    .detail(detail);
+                problem.reason = Some(reason.as_str().to_owned());
+                problem
+            }
             Self::Unavailable(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE)
                 .detail("The service is temporarily unavailable; retry shortly."),
             Self::Internal(_) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR)

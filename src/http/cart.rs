@@ -19,6 +19,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_cart, clear_cart))
         .routes(routes!(add_item))
         .routes(routes!(update_item, remove_item))
+        .routes(routes!(apply_coupon, remove_coupon))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyCoupon {
+    /// The coupon's code, in any case.
+    #[schema(max_length = 64)]
+    code: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -55,9 +64,19 @@ async fn respond(
     variant: Option<Uuid>,
 ) -> Result<axum::Json<Cart>, AppError> {
     let snapshot = result.map_err(|e| cart_error(e, variant))?;
-    Ok(axum::Json(
-        carts::view(&state.db, snapshot, &state.settings.store.currency).await?,
-    ))
+    Ok(axum::Json(carts::view(state, snapshot).await?))
+}
+
+/// A gift line belongs to its rule, not to the customer: 409 for any change to it.
+async fn refuse_gift_line(state: &AppState, item: Uuid) -> Result<(), AppError> {
+    let rules = crate::promotions::lookup::active_gift_rules(state).await?;
+    if rules.iter().any(|rule| rule.id == item) {
+        return Err(AppError::conflict(
+            "gift-line",
+            "A gift line comes and goes with its rule; it cannot be changed or removed.",
+        ));
+    }
+    Ok(())
 }
 
 /// The caller's cart with product details and totals.
@@ -102,7 +121,8 @@ async fn add_item(
 #[utoipa::path(patch, path = "/cart/items/{item_id}", tag = "cart",
     params(("item_id" = Uuid, Path)), request_body = UpdateItem, security(("bearer" = [])),
     responses((status = 200, body = Cart), (status = 404, body = Problem),
-              (status = 409, body = Problem), (status = 422, body = Problem)))]
+              (status = 409, description = "More than can be sold now, or a gift line", body = Problem),
+              (status = 422, body = Problem)))]
 async fn update_item(
     State(state): State<AppState>,
     user: AuthUser,
@@ -110,6 +130,7 @@ async fn update_item(
     Json(body): Json<UpdateItem>,
 ) -> Result<axum::Json<Cart>, AppError> {
     let quantity = quantity(body.quantity, 0)?;
+    refuse_gift_line(&state, item).await?;
     let result = state
         .actors
         .carts
@@ -121,12 +142,14 @@ async fn update_item(
 /// Remove a line.
 #[utoipa::path(delete, path = "/cart/items/{item_id}", tag = "cart",
     params(("item_id" = Uuid, Path)), security(("bearer" = [])),
-    responses((status = 200, body = Cart), (status = 404, body = Problem)))]
+    responses((status = 200, body = Cart), (status = 404, body = Problem),
+              (status = 409, description = "A gift line", body = Problem)))]
 async fn remove_item(
     State(state): State<AppState>,
     user: AuthUser,
     Path(item): Path<Uuid>,
 ) -> Result<axum::Json<Cart>, AppError> {
+    refuse_gift_line(&state, item).await?;
     let result = state.actors.carts.remove(user.id, item).await;
     respond(&state, result, None).await
 }
@@ -142,4 +165,93 @@ async fn clear_cart(State(state): State<AppState>, user: AuthUser) -> Result<Sta
         .await
         .map_err(|e| cart_error(e, None))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Apply a coupon to the cart (one per cart: it replaces any other). 422 with a `reason` when it
+/// does not apply; an unknown and an inactive code get the same answer, and too many wrong codes
+/// are 429 for a while.
+#[utoipa::path(post, path = "/cart/coupon", tag = "cart", request_body = ApplyCoupon,
+    security(("bearer" = [])),
+    responses((status = 200, body = Cart),
+              (status = 422, description = "`reason`: expired, not_started, usage_limit_reached, min_order_not_met, not_applicable or unknown", body = Problem),
+              (status = 429, description = "Too many wrong codes; see Retry-After", body = Problem)))]
+async fn apply_coupon(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(body): Json<ApplyCoupon>,
+) -> Result<axum::Json<Cart>, AppError> {
+    use crate::promotions::{CouponRefusal, guesses};
+    let limit = state.settings.rate_limit.coupon_failures_per_customer;
+    if let Some(free_at) = guesses::blocked_until(&state.db, user.id, limit).await? {
+        let wait = (free_at - chrono::Utc::now()).num_seconds().max(1);
+        return Err(AppError::RateLimited {
+            retry_after_secs: wait as u64,
+        });
+    }
+    let code = body.code.trim();
+    let coupon = if crate::promotions::admin::is_coupon_code(code) {
+        crate::promotions::lookup::coupon_by_code(&state, code).await?
+    } else {
+        None
+    };
+    let Some(coupon) = coupon.filter(|c| c.active) else {
+        guesses::record(&state.db, user.id).await?;
+        return Err(AppError::CouponRefused(CouponRefusal::Unknown));
+    };
+    if let Some(limit) = coupon.usage_limit {
+        let used = state
+            .actors
+            .coupons
+            .used(coupon.id)
+            .await
+            .map_err(coupon_error)?;
+        if used >= limit {
+            return Err(AppError::CouponRefused(CouponRefusal::UsageLimitReached));
+        }
+    }
+    // Priced before it is kept: a coupon that does not apply changes nothing.
+    let snapshot = state
+        .actors
+        .carts
+        .get(user.id)
+        .await
+        .map_err(|e| cart_error(e, None))?;
+    let promotions = carts::Promotions {
+        coupon: Some(coupon.clone()),
+        gift_rules: crate::promotions::lookup::active_gift_rules(&state).await?,
+    };
+    let mut trial = snapshot;
+    trial.coupon_code = Some(coupon.code.clone());
+    let priced = carts::priced(
+        &state.db,
+        trial,
+        &promotions,
+        &state.settings.store.currency,
+        chrono::Utc::now(),
+    )
+    .await?;
+    if let Some(reason) = priced.coupon.as_ref().and_then(|c| c.reason) {
+        return Err(AppError::CouponRefused(reason));
+    }
+    let result = state
+        .actors
+        .carts
+        .set_coupon(user.id, Some(coupon.code))
+        .await;
+    respond(&state, result, None).await
+}
+
+fn coupon_error(error: shop_actors::coupons::CouponError) -> AppError {
+    AppError::Unavailable(format!("{error:?}"))
+}
+
+/// Remove the cart's coupon.
+#[utoipa::path(delete, path = "/cart/coupon", tag = "cart", security(("bearer" = [])),
+    responses((status = 200, body = Cart), (status = 401, body = Problem)))]
+async fn remove_coupon(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<axum::Json<Cart>, AppError> {
+    let result = state.actors.carts.set_coupon(user.id, None).await;
+    respond(&state, result, None).await
 }

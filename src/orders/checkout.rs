@@ -14,7 +14,7 @@ use shop_actors::inventory::Shortage;
 use uuid::Uuid;
 
 use super::ShippingAddress;
-use super::saga::{Checkout, CheckoutError};
+use super::saga::{Checkout, CheckoutError, CouponClaim};
 use super::store;
 use super::{NewLine, NewOrder};
 use crate::error::AppError;
@@ -89,7 +89,23 @@ async fn place(
         return Err(NotPlaced::Empty);
     }
     let refused = NotPlaced::Refused;
-    let cart = crate::carts::view(&state.db, cart, &state.settings.store.currency)
+    // Priced on the server with the pricing module, the coupon read fresh from PostgreSQL (its
+    // limits decide the use): nothing of the price comes from the client.
+    let coupon = match &cart.coupon_code {
+        Some(code) => crate::promotions::store::find_by_code(&state.db, code)
+            .await
+            .map_err(|e| refused(e.into()))?,
+        None => None,
+    };
+    let promotions = crate::carts::Promotions {
+        coupon,
+        gift_rules: crate::promotions::lookup::active_gift_rules(state)
+            .await
+            .map_err(refused)?,
+    };
+    let now = chrono::Utc::now();
+    let currency = &state.settings.store.currency;
+    let cart = crate::carts::priced(&state.db, cart, &promotions, currency, now)
         .await
         .map_err(refused)?;
     if let Some(gone) = cart.items.iter().find(|item| !item.available) {
@@ -101,6 +117,20 @@ async fn place(
             ),
         }));
     }
+    // A coupon that does not apply now is not dropped silently: the customer decides.
+    if let Some(reason) = cart.coupon.as_ref().and_then(|c| c.reason) {
+        return Err(refused(AppError::CouponRefused(reason)));
+    }
+    let claim = promotions
+        .coupon
+        .as_ref()
+        .filter(|_| cart.coupon.is_some())
+        .map(|c| CouponClaim {
+            coupon_id: c.id,
+            usage_limit: c.usage_limit,
+            per_customer_limit: c.per_customer_limit,
+        });
+    let coupon_code = cart.coupon.as_ref().map(|c| c.code.clone());
     let ttl = Duration::from_secs(state.settings.checkout.reservation_ttl_secs);
     let expires_at = chrono::Utc::now()
         + chrono::Duration::from_std(ttl).map_err(|e| refused(AppError::Internal(e.into())))?;
@@ -118,6 +148,8 @@ async fn place(
                 options: item.options.clone(),
                 unit_price: item.unit_price,
                 quantity: item.quantity,
+                discount: item.discount,
+                gift: item.gift,
             })
             .collect(),
         subtotal: cart.subtotal,
@@ -127,10 +159,14 @@ async fn place(
             .map_err(|e| refused(AppError::Internal(e.into())))?,
         expires_at,
         payment_provider: state.actors.payments.name().to_owned(),
+        coupon_id: claim.as_ref().map(|c| c.coupon_id),
+        coupon_code,
+        note: None,
     };
     let order_id = order.id;
     let checkout = Checkout {
         order,
+        coupon: claim,
         idempotency: request.idempotency,
         ttl,
         deadline: state.actors.orders.deadline(),
@@ -139,6 +175,9 @@ async fn place(
         Ok(order) => Ok(order),
         Err(CheckoutError::KeyReused(existing)) => Err(NotPlaced::KeyReused(existing)),
         Err(CheckoutError::Short(short)) => Err(refused(stock_conflict(short))),
+        Err(CheckoutError::CouponLimitReached) => Err(refused(AppError::CouponRefused(
+            crate::promotions::CouponRefusal::UsageLimitReached,
+        ))),
         // The saga's answer did not come in time; the order may yet exist (then it stands, and
         // the cart goes): a 503 only when there is none.
         Err(CheckoutError::Unavailable(why)) => match store::status_of(&state.db, order_id).await {

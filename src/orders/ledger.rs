@@ -37,6 +37,7 @@ struct SnapshotRow {
     payment_intent_id: Option<String>,
     payment_attempt: i32,
     reserved_units: i32,
+    coupon_id: Option<Uuid>,
 }
 
 /// The refund of a payment that pays for nothing: one per payment, whichever path (a mismatch,
@@ -229,7 +230,7 @@ impl OrderLedger for PgOrderLedger {
         Box::pin(async move {
             let row: Option<SnapshotRow> = sqlx::query_as(
                 "SELECT status, total, currency, expires_at, payment_intent_id, payment_attempt,
-                        reserved_units
+                        reserved_units, coupon_id
                  FROM orders WHERE id = $1",
             )
             .bind(order)
@@ -245,6 +246,7 @@ impl OrderLedger for PgOrderLedger {
                     payment_intent_id: row.payment_intent_id,
                     payment_attempt: row.payment_attempt,
                     reserved_units: row.reserved_units,
+                    coupon_id: row.coupon_id,
                 })
             })
             .transpose()

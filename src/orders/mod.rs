@@ -99,6 +99,10 @@ pub struct OrderItem {
     pub unit_price: i64,
     pub quantity: i32,
     pub line_total: i64,
+    /// What the order's coupon took off this line.
+    pub discount: i64,
+    /// A gift from a gift rule (unit price 0).
+    pub gift: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -136,6 +140,8 @@ pub struct Order {
     /// Minor units refunded so far; the order is `refunded` only once this reaches `total` (a
     /// partial refund leaves the status as it was).
     pub refunded_amount: i64,
+    /// The coupon the order used, as it was applied.
+    pub coupon_code: Option<String>,
     pub currency: String,
     pub shipping_address: ShippingAddress,
     pub payment: Payment,

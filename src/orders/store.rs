@@ -20,6 +20,7 @@ struct OrderRow {
     discount_total: i64,
     total: i64,
     refunded_amount: i64,
+    coupon_code: Option<String>,
     currency: String,
     shipping_address: sqlx::types::Json<ShippingAddress>,
     expires_at: DateTime<Utc>,
@@ -33,7 +34,7 @@ struct OrderRow {
 }
 
 const ORDER_COLUMNS: &str =
-    "id, number, user_id, status, subtotal, discount_total, total, refunded_amount, currency,
+    "id, number, user_id, status, subtotal, discount_total, total, refunded_amount, coupon_code, currency,
     shipping_address, expires_at, payment_provider, payment_intent_id, payment_client_secret,
     payment_status, payment_error, created_at, updated_at";
 
@@ -49,6 +50,7 @@ impl OrderRow {
             discount_total: self.discount_total,
             total: self.total,
             refunded_amount: self.refunded_amount,
+            coupon_code: self.coupon_code,
             currency: self.currency,
             shipping_address: self.shipping_address.0,
             payment: Payment {
@@ -78,6 +80,8 @@ struct ItemRow {
     unit_price: i64,
     quantity: i32,
     line_total: i64,
+    discount: i64,
+    gift: bool,
 }
 
 async fn items_of(
@@ -85,7 +89,8 @@ async fn items_of(
     orders: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<OrderItem>>, sqlx::Error> {
     let rows = sqlx::query_as::<_, ItemRow>(
-        "SELECT id, order_id, product_id, variant_id, sku, name, options, unit_price, quantity, line_total
+        "SELECT id, order_id, product_id, variant_id, sku, name, options, unit_price, quantity, line_total,
+                discount, gift
          FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, name, sku",
     )
     .bind(orders)
@@ -103,6 +108,8 @@ async fn items_of(
             unit_price: row.unit_price,
             quantity: row.quantity,
             line_total: row.line_total,
+            discount: row.discount,
+            gift: row.gift,
         });
     }
     Ok(items)
@@ -194,9 +201,10 @@ pub async fn insert(
     let number: String = sqlx::query_scalar(
         "INSERT INTO orders (id, number, user_id, subtotal, discount_total, total, currency,
                              shipping_address, expires_at, payment_provider, payment_intent_id,
-                             payment_client_secret, payment_status, reserved_units, saga_step)
+                             payment_client_secret, payment_status, reserved_units, saga_step,
+                             coupon_id, coupon_code)
          VALUES ($1, 'SO-' || to_char(now(), 'YYMMDD') || '-' || nextval('order_number_seq'),
-                 $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'awaiting_payment')
+                 $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'awaiting_payment', $14, $15)
          RETURNING number",
     )
     .bind(order.id)
@@ -212,13 +220,15 @@ pub async fn insert(
     .bind(&intent.client_secret)
     .bind(intent.status.as_str())
     .bind(reserved_units)
+    .bind(order.coupon_id)
+    .bind(&order.coupon_code)
     .fetch_one(&mut *tx)
     .await?;
     for line in &order.lines {
         sqlx::query(
             "INSERT INTO order_items (id, order_id, variant_id, product_id, sku, name, options,
-                                      unit_price, quantity, line_total)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                      unit_price, quantity, line_total, discount, gift)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(Uuid::now_v7())
         .bind(order.id)
@@ -230,6 +240,8 @@ pub async fn insert(
         .bind(line.unit_price)
         .bind(line.quantity)
         .bind(line.unit_price * i64::from(line.quantity))
+        .bind(line.discount)
+        .bind(line.gift)
         .execute(&mut *tx)
         .await?;
     }
@@ -239,7 +251,7 @@ pub async fn insert(
         None,
         OrderStatus::Pending,
         "customer",
-        Some("checkout"),
+        Some(order.note.as_deref().unwrap_or("checkout")),
     )
     .await?;
     Ok(number)

@@ -3,6 +3,7 @@
 //! the admin's store and routes, the pricing module and the coupon limiter actor build on them.
 
 pub mod admin;
+pub mod guesses;
 pub mod lookup;
 pub mod pricing;
 pub mod store;

@@ -22,4 +22,5 @@ mod orders;
 mod payments;
 mod platform;
 mod promotions;
+mod promotions_checkout;
 mod supervision;

@@ -16,10 +16,10 @@ pub async fn load(db: &PgPool, user: Uuid) -> Result<CartSnapshot, sqlx::Error> 
              ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id
              RETURNING id, coupon_code::text, updated_at",
         )
-    .bind(Uuid::now_v7())
-    .bind(user)
-    .fetch_one(db)
-    .await?;
+        .bind(Uuid::now_v7())
+        .bind(user)
+        .fetch_one(db)
+        .await?;
     let rows: Vec<(Uuid, Uuid, i32, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT id, variant_id, quantity, unit_price_at_add, added_at FROM cart_items
          WHERE cart_id = $1 ORDER BY added_at, id",

@@ -101,6 +101,11 @@ pub struct NewOrder {
     pub shipping_address: serde_json::Value,
     pub expires_at: DateTime<Utc>,
     pub payment_provider: String,
+    /// The coupon used, as the order keeps it.
+    pub coupon_id: Option<Uuid>,
+    pub coupon_code: Option<String>,
+    /// The first history row's reason when not plain `checkout` (a gift left out).
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +117,10 @@ pub struct NewLine {
     pub options: BTreeMap<String, String>,
     pub unit_price: i64,
     pub quantity: i32,
+    /// What the coupon takes off this line (minor units).
+    pub discount: i64,
+    /// A gift: unit price 0, left out when out of stock.
+    pub gift: bool,
 }
 
 /// What the saga reads of its order before each decision.
@@ -125,6 +134,8 @@ pub struct OrderSnapshot {
     pub payment_attempt: i32,
     /// Units held in the inventory for it, bundles as their components.
     pub reserved_units: i32,
+    /// The coupon whose use it holds.
+    pub coupon_id: Option<Uuid>,
 }
 
 /// A payment to give back, decided with the order's cancellation.

@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use ractor::{ActorProcessingErr, RpcReplyPort};
 
 use super::{LedgerError, NewOrder, OrderLedger, OrderSnapshot, OrderStatus, OwedRefund};
+use crate::coupons::{CouponError, CouponLimiter, Limits};
 use crate::instrument::{Mailbox, ShopActor};
 use crate::inventory::{Demand, Inventory, InventoryError, Shortage};
 use crate::payments::{
@@ -45,6 +46,8 @@ pub enum CheckoutError {
     Short(Vec<Shortage>),
     #[error("the same idempotency key was used for another order")]
     KeyReused(Uuid),
+    #[error("the coupon has been used as often as it may be")]
+    CouponLimitReached,
     #[error("unavailable: {0}")]
     Unavailable(String),
 }
@@ -72,8 +75,17 @@ impl From<LedgerError> for SagaError {
     }
 }
 
+/// The coupon a checkout uses, with its limits as read from PostgreSQL for this checkout.
+#[derive(Debug, Clone)]
+pub struct CouponClaim {
+    pub coupon_id: Uuid,
+    pub usage_limit: Option<i32>,
+    pub per_customer_limit: Option<i32>,
+}
+
 pub struct Checkout {
     pub order: NewOrder,
+    pub coupon: Option<CouponClaim>,
     pub idempotency: Option<(String, Vec<u8>)>,
     pub ttl: Duration,
     /// Past this, the saga writes no order: its caller is about to give up.
@@ -108,6 +120,7 @@ pub struct SagaDeps {
     pub inventory: Inventory,
     pub payments: Arc<dyn PaymentGateway>,
     pub refunds: Refunds,
+    pub coupons: CouponLimiter,
 }
 
 pub struct SagaArgs {
@@ -195,27 +208,52 @@ impl SagaState {
 
     // ---- steps 1 to 3: checkout ----
 
-    async fn begin(&self, checkout: Checkout) -> Result<Uuid, CheckoutError> {
-        let order = &checkout.order;
-        let demand: Vec<Demand> = order
-            .lines
-            .iter()
-            .map(|l| Demand {
-                variant_id: l.variant_id,
-                quantity: l.quantity,
-            })
-            .collect();
+    async fn begin(&self, mut checkout: Checkout) -> Result<Uuid, CheckoutError> {
+        let demand = |gift: bool| -> Vec<Demand> {
+            checkout
+                .order
+                .lines
+                .iter()
+                .filter(|l| l.gift == gift)
+                .map(|l| Demand {
+                    variant_id: l.variant_id,
+                    quantity: l.quantity,
+                })
+                .collect()
+        };
+        let (paid, gifts) = (demand(false), demand(true));
+        let (owner, ttl) = (checkout.order.id, checkout.ttl);
         // 1. Stock first: a short order leaves nothing behind.
-        let units = match self
-            .deps
-            .inventory
-            .reserve(order.id, &demand, checkout.ttl)
-            .await
-        {
+        let mut units = match self.deps.inventory.reserve(owner, &paid, ttl).await {
             Ok(units) => units,
             Err(InventoryError::Short(short)) => return Err(CheckoutError::Short(short)),
             Err(error) => return Err(CheckoutError::Unavailable(error.to_string())),
         };
+        // Gifts after: a gift out of stock does not stop the checkout; the order goes without it
+        // and says so.
+        if !gifts.is_empty() {
+            match self.deps.inventory.reserve(owner, &gifts, ttl).await {
+                Ok(more) => units += more,
+                Err(InventoryError::Short(_)) => {
+                    checkout.order.lines.retain(|l| !l.gift);
+                    checkout.order.note =
+                        Some("checkout; a gift was out of stock and left out".into());
+                    metrics::counter!("order_gifts_left_out_total").increment(1);
+                }
+                Err(error) => {
+                    self.release_stock().await;
+                    return Err(CheckoutError::Unavailable(error.to_string()));
+                }
+            }
+        }
+        // 2. The coupon's use, with the global and the customer's limits together.
+        if let Some(coupon) = &checkout.coupon
+            && let Err(error) = self.reserve_coupon(&checkout, coupon).await
+        {
+            self.release_stock().await;
+            return Err(error);
+        }
+        let order = &checkout.order;
         match self.create_order(&checkout, units).await {
             Ok(id) => {
                 self.schedule_expiry(order.expires_at);
@@ -223,6 +261,13 @@ impl SagaState {
             }
             Err(error) => {
                 self.release_stock().await;
+                if let Some(coupon) = &checkout.coupon
+                    && let Err(release) = self.release_coupon(coupon.coupon_id).await
+                {
+                    // Held for an order that does not exist: the sweep cannot see it. Loud.
+                    tracing::error!(order = %order.id, coupon = %coupon.coupon_id, %release,
+                        "a coupon use is still held for a checkout that failed");
+                }
                 // A concurrent checkout with the same key won: answer with its order.
                 if let Some((key, _)) = &checkout.idempotency
                     && let Ok(Some(existing)) =
@@ -233,6 +278,40 @@ impl SagaState {
                 Err(error)
             }
         }
+    }
+
+    async fn reserve_coupon(
+        &self,
+        checkout: &Checkout,
+        coupon: &CouponClaim,
+    ) -> Result<(), CheckoutError> {
+        let limits = Limits {
+            usage_limit: coupon.usage_limit,
+            per_customer_limit: coupon.per_customer_limit,
+        };
+        let order = &checkout.order;
+        match self
+            .deps
+            .coupons
+            .reserve(coupon.coupon_id, order.id, order.user_id, limits)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(CouponError::LimitReached | CouponError::CustomerLimitReached) => {
+                Err(CheckoutError::CouponLimitReached)
+            }
+            Err(error) => Err(CheckoutError::Unavailable(format!("{error:?}"))),
+        }
+    }
+
+    /// Gives the order's coupon use back (cancel, expiry, a failed checkout); idempotent.
+    async fn release_coupon(&self, coupon: Uuid) -> Result<(), SagaError> {
+        let (coupons, order) = (&self.deps.coupons, self.order_id);
+        with_retries("releasing the coupon use", Duration::from_secs(3), || {
+            coupons.release(coupon, order)
+        })
+        .await
+        .map_err(|e| SagaError::Unavailable(format!("coupon release: {e:?}")))
     }
 
     /// Steps 2 and 3: the intent, then the order with it, before the deadline.
@@ -346,6 +425,7 @@ impl SagaState {
             self.release_stock().await;
             return self
                 .cancel_and_refund(
+                    order,
                     taken,
                     RefundReason::Mismatch,
                     "the payment did not match the order",
@@ -361,6 +441,27 @@ impl SagaState {
         .await
         .map_err(|e| SagaError::Unavailable(format!("stock commit: {e}")))?;
         if sold == order.reserved_units {
+            if let Some(coupon) = order.coupon_id {
+                let coupons = &self.deps.coupons;
+                let committed = with_retries("committing the coupon use", COMMIT_BUDGET, || {
+                    let commit = coupons.commit(coupon, owner);
+                    async move {
+                        match commit.await {
+                            // Nothing to retry: decided below.
+                            Err(CouponError::NotHeld) => Ok(Err(CouponError::NotHeld)),
+                            other => other.map(Ok),
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| SagaError::Unavailable(format!("coupon commit: {e:?}")))?;
+                if let Err(not_held) = committed {
+                    // The customer paid the discounted price; the use was not on record (a
+                    // bug, not a race): paid all the same, and loud.
+                    tracing::error!(order = %owner, %coupon, ?not_held, "paid order whose coupon use was not held");
+                    metrics::counter!("coupon_uses_unrecorded_total").increment(1);
+                }
+            }
             if !self
                 .deps
                 .ledger
@@ -382,6 +483,7 @@ impl SagaState {
             .map_err(|e| SagaError::Unavailable(format!("restock: {e}")))?;
         self.release_stock().await;
         self.cancel_and_refund(
+            order,
             taken,
             RefundReason::LatePayment,
             "paid after the reservation expired",
@@ -392,10 +494,14 @@ impl SagaState {
     /// Cancels the pending order and owes its payment back, with the event, in one transaction.
     async fn cancel_and_refund(
         &self,
+        order: &OrderSnapshot,
         taken: &Taken<'_>,
         reason: RefundReason,
         why: &str,
     ) -> Result<(), SagaError> {
+        if let Some(coupon) = order.coupon_id {
+            self.release_coupon(coupon).await?;
+        }
         let refund = OwedRefund {
             intent_id: taken.intent_id,
             amount: taken.amount,
@@ -446,6 +552,9 @@ impl SagaState {
             return Err(SagaError::NotPending(now));
         }
         self.release_stock().await;
+        if let Some(coupon) = order.coupon_id {
+            self.release_coupon(coupon).await?;
+        }
         if !ledger.cancel(self.order_id, actor, reason).await? {
             let now = ledger
                 .status_of(self.order_id)

@@ -1,0 +1,548 @@
+//! Promotions from the customer's side: a coupon on the cart (every refusal reason, guessing
+//! throttled), discounts to the cent in the cart and in the order, the coupon limiter at checkout
+//! (the usage limit under 200 concurrent checkouts, release on cancel, commit on payment), the
+//! discounted amount at Stripe, and gift lines.
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{Session, TestApp, assert_problem, eventually};
+use crate::orders::{DEADLINE, checkout, fill_cart, stripe_app, variant, wait_status};
+
+async fn coupon(app: &TestApp, admin: &Session, body: Value) -> Value {
+    app.created(&admin.access_token, "/api/v1/admin/coupons", &body)
+        .await
+}
+
+async fn apply(app: &TestApp, who: &Session, code: &str) -> reqwest::Response {
+    app.post_json_as(
+        &who.access_token,
+        "/api/v1/cart/coupon",
+        &json!({"code": code}),
+    )
+    .await
+}
+
+async fn cart(app: &TestApp, who: &Session) -> Value {
+    app.get_as(&who.access_token, "/api/v1/cart")
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn refused(response: reqwest::Response, reason: &str) -> Value {
+    let body = assert_problem(response, 422).await;
+    assert_eq!(body["reason"], reason, "{body}");
+    body
+}
+
+fn order_coupon(code: &str, kind: &str, value: i64) -> Value {
+    json!({"code": code, "kind": kind, "value": value, "scope": "order", "active": true})
+}
+
+#[tokio::test]
+async fn ten_percent_off_25_times_19_99_is_exactly_49_98_in_the_cart_and_at_stripe() {
+    let (app, stripe) = stripe_app(|_| {}).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "MUG-1999", 1999, 100).await;
+    coupon(&app, &admin, order_coupon("TENOFF", "percent", 10)).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 25).await;
+    let applied: Value = apply(&app, &customer, "tenoff").await.json().await.unwrap();
+    assert_eq!(applied["subtotal"], 49975);
+    assert_eq!(applied["discount_total"], 4998);
+    assert_eq!(applied["total"], 44977);
+    assert_eq!(applied["items"][0]["discount"], 4998);
+    assert_eq!(applied["coupon"]["applied"], true);
+
+    let order: Value = checkout(&app, &customer).await.json().await.unwrap();
+    assert_eq!(order["discount_total"], 4998);
+    assert_eq!(order["total"], 44977);
+    assert_eq!(order["coupon_code"], "TENOFF");
+    assert_eq!(order["items"][0]["discount"], 4998);
+    let intent = order["payment"]["payment_intent_id"].as_str().unwrap();
+    let at_stripe = stripe
+        .payment_intents()
+        .into_iter()
+        .find(|pi| pi["id"] == intent)
+        .unwrap();
+    assert_eq!(
+        at_stripe["amount"], 44977,
+        "Stripe is asked for the discounted total"
+    );
+    // The cart is empty and its coupon gone with the checkout.
+    let after = cart(&app, &customer).await;
+    assert_eq!(after["coupon"], Value::Null);
+}
+
+#[tokio::test]
+async fn line_discounts_add_up_to_the_order_discount_and_a_fixed_coupon_never_goes_below_zero() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let a = variant(&app, &admin, "L-333A", 333, 10).await;
+    let b = variant(&app, &admin, "L-333B", 333, 10).await;
+    let c = variant(&app, &admin, "L-334", 334, 10).await;
+    coupon(&app, &admin, order_coupon("TEN-ORDER", "percent", 10)).await;
+    coupon(&app, &admin, order_coupon("HUGE", "fixed", 100_000)).await;
+    let customer = app.login_as_customer().await;
+    for v in [&a, &b, &c] {
+        fill_cart(&app, &customer, v, 1).await;
+    }
+    let priced: Value = apply(&app, &customer, "TEN-ORDER")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let discounts: Vec<i64> = priced["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["discount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(priced["discount_total"], 100);
+    assert_eq!(discounts.iter().sum::<i64>(), 100);
+    let mut sorted = discounts.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![33, 33, 34]);
+
+    let free: Value = apply(&app, &customer, "HUGE").await.json().await.unwrap();
+    assert_eq!(free["discount_total"], 1000);
+    assert_eq!(free["total"], 0, "never negative");
+    assert_eq!(
+        free["coupon"]["code"], "HUGE",
+        "one coupon per cart: it replaced the other"
+    );
+}
+
+#[tokio::test]
+async fn a_product_coupon_leaves_other_lines_untouched_and_follows_the_category_tree() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let parent = app
+        .created(
+            &admin.access_token,
+            "/api/v1/categories",
+            &json!({"name": "Kitchen"}),
+        )
+        .await;
+    let child = app
+        .created(
+            &admin.access_token,
+            "/api/v1/categories",
+            &json!({"name": "Mugs", "parent_id": parent["id"]}),
+        )
+        .await;
+    let mug = app
+        .created(
+            &admin.access_token,
+            "/api/v1/products",
+            &json!({"name": "Mug", "sku": "CAT-MUG", "price": 1000, "stock": 10,
+                    "status": "active", "category_id": child["id"]}),
+        )
+        .await;
+    let mug_variant = mug["variants"][0]["id"].as_str().unwrap().to_owned();
+    let pen = variant(&app, &admin, "CAT-PEN", 500, 10).await;
+    coupon(
+        &app,
+        &admin,
+        json!({"code": "KITCHEN20", "kind": "percent", "value": 20, "scope": "product",
+               "category_ids": [parent["id"]], "active": true}),
+    )
+    .await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug_variant, 1).await;
+    fill_cart(&app, &customer, &pen, 2).await;
+    let priced: Value = apply(&app, &customer, "KITCHEN20")
+        .await
+        .json()
+        .await
+        .unwrap();
+    for item in priced["items"].as_array().unwrap() {
+        let expected = if item["variant_id"] == mug_variant.as_str() {
+            200
+        } else {
+            0
+        };
+        assert_eq!(item["discount"], expected, "{item}");
+    }
+    assert_eq!(priced["discount_total"], 200);
+    assert_eq!(priced["total"], 1800);
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_reason_and_unknown_and_inactive_codes_look_alike() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "R-MUG", 1000, 10).await;
+    let other = variant(&app, &admin, "R-OTHER", 1000, 10).await;
+    let past = chrono::Utc::now() - chrono::Duration::days(2);
+    let future = chrono::Utc::now() + chrono::Duration::days(2);
+    coupon(
+        &app,
+        &admin,
+        json!({"code": "OLD", "kind": "percent", "value": 10, "scope": "order",
+               "starts_at": past - chrono::Duration::days(1), "expires_at": past, "active": true}),
+    )
+    .await;
+    coupon(
+        &app,
+        &admin,
+        json!({"code": "SOON", "kind": "percent", "value": 10, "scope": "order",
+               "starts_at": future, "active": true}),
+    )
+    .await;
+    coupon(
+        &app,
+        &admin,
+        json!({"code": "BIGSPEND", "kind": "percent", "value": 10, "scope": "order",
+               "min_order_total": 5000, "active": true}),
+    )
+    .await;
+    let other_product: Value = app
+        .get("/api/v1/products?q=R-OTHER")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other_product_id = other_product["items"][0]["id"].clone();
+    coupon(
+        &app,
+        &admin,
+        json!({"code": "OTHERONLY", "kind": "percent", "value": 10, "scope": "product",
+               "product_ids": [other_product_id], "active": true}),
+    )
+    .await;
+    let off = coupon(&app, &admin, order_coupon("SWITCHEDOFF", "percent", 10)).await;
+    let deleted = app
+        .delete_as(
+            &admin.access_token,
+            &format!("/api/v1/admin/coupons/{}", off["id"].as_str().unwrap()),
+        )
+        .await;
+    assert!(deleted.status().is_success());
+    let used_up = coupon(
+        &app,
+        &admin,
+        json!({"code": "ONCE", "kind": "percent", "value": 10, "scope": "order",
+               "usage_limit": 1, "active": true}),
+    )
+    .await;
+    let _ = other;
+
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 1).await;
+    refused(apply(&app, &customer, "OLD").await, "expired").await;
+    refused(apply(&app, &customer, "SOON").await, "not_started").await;
+    refused(
+        apply(&app, &customer, "BIGSPEND").await,
+        "min_order_not_met",
+    )
+    .await;
+    refused(apply(&app, &customer, "OTHERONLY").await, "not_applicable").await;
+    let unknown = refused(apply(&app, &customer, "NOSUCHCODE").await, "unknown").await;
+    let inactive = refused(apply(&app, &customer, "SWITCHEDOFF").await, "unknown").await;
+    assert_eq!(unknown, inactive, "no enumeration: the same body");
+    // The one use of ONCE taken by another customer's order.
+    let first = app.login_as_customer().await;
+    fill_cart(&app, &first, &mug, 1).await;
+    assert_eq!(apply(&app, &first, "ONCE").await.status(), 200);
+    assert_eq!(checkout(&app, &first).await.status(), 201);
+    let _ = used_up;
+    refused(apply(&app, &customer, "ONCE").await, "usage_limit_reached").await;
+    // Nothing of it stuck to the cart.
+    assert_eq!(cart(&app, &customer).await["coupon"], Value::Null);
+}
+
+#[tokio::test]
+async fn guessing_codes_is_429_with_retry_after() {
+    let app = TestApp::spawn().await;
+    let customer = app.login_as_customer().await;
+    for n in 0..10 {
+        refused(
+            apply(&app, &customer, &format!("GUESS{n}")).await,
+            "unknown",
+        )
+        .await;
+    }
+    let throttled = apply(&app, &customer, "GUESS10").await;
+    assert_eq!(throttled.status(), 429);
+    let retry: u64 = throttled.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 15 * 60);
+    // Another customer is not affected.
+    let other = app.login_as_customer().await;
+    refused(apply(&app, &other, "GUESS0").await, "unknown").await;
+}
+
+#[tokio::test]
+async fn a_coupon_that_stops_applying_stays_on_the_cart_with_its_reason() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "KEEP-MUG", 1000, 10).await;
+    coupon(
+        &app,
+        &admin,
+        json!({"code": "OVER20", "kind": "fixed", "value": 500, "scope": "order",
+               "min_order_total": 2000, "active": true}),
+    )
+    .await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 2).await;
+    assert_eq!(apply(&app, &customer, "OVER20").await.status(), 200);
+    let line = cart(&app, &customer).await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let below: Value = app
+        .patch_json_as(
+            &customer.access_token,
+            &format!("/api/v1/cart/items/{line}"),
+            &json!({"quantity": 1}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(below["coupon"]["code"], "OVER20");
+    assert_eq!(below["coupon"]["applied"], false);
+    assert_eq!(below["coupon"]["reason"], "min_order_not_met");
+    assert_eq!(below["discount_total"], 0);
+    // Checkout does not drop it silently.
+    refused(checkout(&app, &customer).await, "min_order_not_met").await;
+}
+
+/// 200 customers, 200 concurrent checkouts, a coupon with usage_limit 10: exactly 10 orders carry
+/// it; the rest are 422 and hold nothing.
+#[tokio::test]
+async fn two_hundred_checkouts_for_a_coupon_limited_to_ten_make_exactly_ten_discounted_orders() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "RUSH", 1000, 1000).await;
+    let rush = coupon(
+        &app,
+        &admin,
+        json!({"code": "RUSH10", "kind": "percent", "value": 50, "scope": "order",
+               "usage_limit": 10, "active": true}),
+    )
+    .await;
+    let mut customers = Vec::new();
+    for _ in 0..200 {
+        let customer = app.login_as_customer().await;
+        fill_cart(&app, &customer, &mug, 1).await;
+        assert_eq!(apply(&app, &customer, "RUSH10").await.status(), 200);
+        customers.push(customer);
+    }
+    let answers = futures::future::join_all(customers.iter().map(|c| checkout(&app, c))).await;
+    let mut made = 0;
+    for answer in answers {
+        match answer.status().as_u16() {
+            201 => made += 1,
+            422 => {
+                let body: Value = answer.json().await.unwrap();
+                assert_eq!(body["reason"], "usage_limit_reached");
+            }
+            other => panic!("checkout answered {other}"),
+        }
+    }
+    assert_eq!(made, 10);
+    let discounted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE coupon_id = $1 AND discount_total = 500",
+    )
+    .bind(Uuid::parse_str(rush["id"].as_str().unwrap()).unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(discounted, 10);
+    assert_eq!(
+        app.stock_ledger(Uuid::parse_str(&mug).unwrap()).await,
+        (1000, 10, 0)
+    );
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM coupon_redemptions WHERE status = 'held'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(held, 10);
+}
+
+#[tokio::test]
+async fn cancel_releases_the_use_and_payment_commits_it() {
+    let (app, _stripe) = stripe_app(|_| {}).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "SOLO", 1000, 10).await;
+    let solo = coupon(
+        &app,
+        &admin,
+        json!({"code": "SOLO", "kind": "fixed", "value": 100, "scope": "order",
+               "usage_limit": 1, "active": true}),
+    )
+    .await;
+    let coupon_id = Uuid::parse_str(solo["id"].as_str().unwrap()).unwrap();
+    let first = app.login_as_customer().await;
+    fill_cart(&app, &first, &mug, 1).await;
+    apply(&app, &first, "SOLO").await;
+    let order: Value = checkout(&app, &first).await.json().await.unwrap();
+    let id = order["id"].as_str().unwrap();
+    assert_eq!(order["total"], 900);
+    // The one use is held: nobody else gets it.
+    let second = app.login_as_customer().await;
+    fill_cart(&app, &second, &mug, 1).await;
+    refused(apply(&app, &second, "SOLO").await, "usage_limit_reached").await;
+    // Cancelled: the use is back, and the second customer takes it and pays.
+    app.post_json_as(
+        &first.access_token,
+        &format!("/api/v1/orders/{id}/cancel"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(app.state.actors.coupons.used(coupon_id).await.unwrap(), 0);
+    assert_eq!(apply(&app, &second, "SOLO").await.status(), 200);
+    let paid: Value = checkout(&app, &second).await.json().await.unwrap();
+    let paid_id = paid["id"].as_str().unwrap();
+    app.post_json_as(
+        &second.access_token,
+        &format!("/api/v1/orders/{paid_id}/pay"),
+        &json!({"payment_method": "pm_card_visa"}),
+    )
+    .await;
+    wait_status(&app, &second, paid_id, "paid").await;
+    let status: String = eventually(DEADLINE, "the use to be committed", || async {
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM coupon_redemptions WHERE coupon_id = $1 AND order_id = $2",
+        )
+        .bind(coupon_id)
+        .bind(Uuid::parse_str(paid_id).unwrap())
+        .fetch_optional(&app.db)
+        .await
+        .unwrap();
+        status.filter(|s| s == "committed")
+    })
+    .await;
+    assert_eq!(status, "committed");
+    assert_eq!(app.state.actors.coupons.used(coupon_id).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_gift_line_comes_and_goes_with_its_rule_and_cannot_be_touched() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "GIFT-MUG", 1000, 10).await;
+    let pen = variant(&app, &admin, "GIFT-PEN", 200, 1).await;
+    let rule = app
+        .created(
+            &admin.access_token,
+            "/api/v1/admin/gift-rules",
+            &json!({"name": "A pen over 20.00", "gift_variant_id": pen, "gift_quantity": 1,
+                    "min_order_total": 2000, "active": true}),
+        )
+        .await;
+    let rule_id = rule["id"].as_str().unwrap().to_owned();
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 1).await;
+    let below = cart(&app, &customer).await;
+    assert_eq!(
+        below["items"].as_array().unwrap().len(),
+        1,
+        "no gift below the threshold"
+    );
+    fill_cart(&app, &customer, &mug, 1).await;
+    let above = cart(&app, &customer).await;
+    let gift = above["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["gift"] == true)
+        .cloned()
+        .expect("the gift line");
+    assert_eq!(gift["variant_id"], pen.as_str());
+    assert_eq!(gift["unit_price"], 0);
+    assert_eq!(gift["id"], rule_id.as_str());
+    assert_eq!(above["total"], 2000, "the gift costs nothing");
+    // The customer cannot change or remove it.
+    let patch = app
+        .patch_json_as(
+            &customer.access_token,
+            &format!("/api/v1/cart/items/{rule_id}"),
+            &json!({"quantity": 3}),
+        )
+        .await;
+    assert_problem(patch, 409).await;
+    assert_problem(
+        app.delete_as(
+            &customer.access_token,
+            &format!("/api/v1/cart/items/{rule_id}"),
+        )
+        .await,
+        409,
+    )
+    .await;
+    // Checkout carries it and holds its stock.
+    let order: Value = checkout(&app, &customer).await.json().await.unwrap();
+    let gifts: Vec<&Value> = order["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["gift"] == true)
+        .collect();
+    assert_eq!(gifts.len(), 1);
+    assert_eq!(
+        app.stock_ledger(Uuid::parse_str(&pen).unwrap()).await,
+        (1, 1, 0)
+    );
+
+    // The only pen is held: the next customer's checkout goes ahead without the gift.
+    let next = app.login_as_customer().await;
+    fill_cart(&app, &next, &mug, 2).await;
+    assert!(
+        cart(&app, &next).await["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["gift"] == true)
+    );
+    let without: Value = checkout(&app, &next).await.json().await.unwrap();
+    assert!(
+        without["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["gift"] == false),
+        "{without}"
+    );
+    let said = without["status_history"][0]["reason"].as_str().unwrap();
+    assert!(said.contains("gift"), "the order says so: {said}");
+
+    // Dropping below the threshold removes the line.
+    let later = app.login_as_customer().await;
+    fill_cart(&app, &later, &mug, 2).await;
+    let line = cart(&app, &later).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["gift"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reduced: Value = app
+        .patch_json_as(
+            &later.access_token,
+            &format!("/api/v1/cart/items/{line}"),
+            &json!({"quantity": 1}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        reduced["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["gift"] == false)
+    );
+}
