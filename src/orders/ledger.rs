@@ -212,7 +212,7 @@ impl PgOrderLedger {
     async fn create_order(
         &self,
         order: &NewOrder,
-        intent: &PaymentIntent,
+        intent: Option<&PaymentIntent>,
         reserved_units: i32,
         idempotency: Option<&(String, Vec<u8>)>,
     ) -> Result<(), sqlx::Error> {
@@ -264,7 +264,7 @@ impl OrderLedger for PgOrderLedger {
     fn create_order<'a>(
         &'a self,
         order: &'a NewOrder,
-        intent: &'a PaymentIntent,
+        intent: Option<&'a PaymentIntent>,
         reserved_units: i32,
         idempotency: Option<&'a (String, Vec<u8>)>,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {

@@ -195,7 +195,7 @@ pub async fn list(
 pub async fn insert(
     tx: &mut PgConnection,
     order: &NewOrder,
-    intent: &crate::payments::PaymentIntent,
+    intent: Option<&crate::payments::PaymentIntent>,
     reserved_units: i32,
 ) -> Result<String, sqlx::Error> {
     let number: String = sqlx::query_scalar(
@@ -216,9 +216,10 @@ pub async fn insert(
     .bind(&order.shipping_address)
     .bind(order.expires_at)
     .bind(&order.payment_provider)
-    .bind(&intent.id)
-    .bind(&intent.client_secret)
-    .bind(intent.status.as_str())
+    .bind(intent.map(|i| &i.id))
+    .bind(intent.and_then(|i| i.client_secret.as_ref()))
+    // A free order has no intent: nothing is required of its payment.
+    .bind(intent.map_or("succeeded", |i| i.status.as_str()))
     .bind(reserved_units)
     .bind(order.coupon_id)
     .bind(&order.coupon_code)

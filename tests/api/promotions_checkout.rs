@@ -546,3 +546,47 @@ async fn a_gift_line_comes_and_goes_with_its_rule_and_cannot_be_touched() {
             .all(|i| i["gift"] == false)
     );
 }
+
+/// A coupon worth the whole cart: the order costs 0, asks the provider for nothing, and is paid
+/// at once with its stock sold and its coupon use committed.
+#[tokio::test]
+async fn a_free_order_is_paid_at_once_without_a_payment_intent() {
+    let (app, stripe) = stripe_app(|_| {}).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "FREE-MUG", 1200, 5).await;
+    let gift_card = coupon(
+        &app,
+        &admin,
+        json!({"code": "ALLOFIT", "kind": "fixed", "value": 5000, "scope": "order",
+               "usage_limit": 5, "active": true}),
+    )
+    .await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 2).await;
+    assert_eq!(apply(&app, &customer, "ALLOFIT").await.status(), 200);
+    let order: Value = checkout(&app, &customer).await.json().await.unwrap();
+    let id = order["id"].as_str().unwrap();
+    assert_eq!(order["total"], 0);
+    assert_eq!(order["payment"]["payment_intent_id"], Value::Null);
+    let paid = wait_status(&app, &customer, id, "paid").await;
+    assert_eq!(paid["discount_total"], 2400);
+    assert_eq!(
+        app.stock_ledger(Uuid::parse_str(&mug).unwrap()).await,
+        (3, 0, 2)
+    );
+    let coupon_id = Uuid::parse_str(gift_card["id"].as_str().unwrap()).unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM coupon_redemptions WHERE coupon_id = $1")
+            .bind(coupon_id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "committed");
+    assert!(
+        stripe
+            .requests()
+            .iter()
+            .all(|r| r.path != "/v1/payment_intents"),
+        "nothing was asked of the provider"
+    );
+}

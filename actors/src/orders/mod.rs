@@ -166,12 +166,12 @@ pub trait OrderLedger: Send + Sync + 'static {
     /// Orders not final yet: each needs a running saga.
     fn unfinished(&self) -> Ledger<'_, Vec<Uuid>>;
 
-    /// Checkout step 3: the order, awaiting the payment of `intent`, and the idempotency key
-    /// that now names it.
+    /// Checkout step 3: the order, awaiting the payment of `intent` (none for a free order), and
+    /// the idempotency key that now names it.
     fn create_order<'a>(
         &'a self,
         order: &'a NewOrder,
-        intent: &'a PaymentIntent,
+        intent: Option<&'a PaymentIntent>,
         reserved_units: i32,
         idempotency: Option<&'a (String, Vec<u8>)>,
     ) -> Ledger<'a, ()>;

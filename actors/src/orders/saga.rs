@@ -257,6 +257,11 @@ impl SagaState {
         match self.create_order(&checkout, units).await {
             Ok(id) => {
                 self.schedule_expiry(order.expires_at);
+                if order.subtotal - order.discount_total == 0
+                    && let Err(error) = self.settle_free_order().await
+                {
+                    tracing::warn!(order = %id, %error, "a free order is not settled yet");
+                }
                 Ok(id)
             }
             Err(error) => {
@@ -318,36 +323,62 @@ impl SagaState {
     async fn create_order(&self, checkout: &Checkout, units: i32) -> Result<Uuid, CheckoutError> {
         let order = &checkout.order;
         let late = || CheckoutError::Unavailable("checkout took too long; nothing was kept".into());
-        let intent = self
-            .deps
-            .payments
-            .create_intent(
-                order.id,
-                1,
-                order.subtotal - order.discount_total,
-                &order.currency,
-            )
-            .await
-            .map_err(|e| CheckoutError::Unavailable(e.to_string()))?;
+        let amount = order.subtotal - order.discount_total;
+        // A free order (a coupon worth the whole cart) has nothing to pay: no intent.
+        let intent = if amount > 0 {
+            let created = self
+                .deps
+                .payments
+                .create_intent(order.id, 1, amount, &order.currency)
+                .await
+                .map_err(|e| CheckoutError::Unavailable(e.to_string()))?;
+            Some(created)
+        } else {
+            None
+        };
         // Past the deadline no order is written: the caller is about to answer 503. The write
         // itself is not cut short (a commit cut mid-way has an unknown outcome); each of its
         // statements is bounded by the database's statement timeout.
         if Instant::now() >= checkout.deadline {
-            self.abandon_intent(&intent).await;
+            if let Some(intent) = &intent {
+                self.abandon_intent(intent).await;
+            }
             return Err(late());
         }
         let written = self
             .deps
             .ledger
-            .create_order(order, &intent, units, checkout.idempotency.as_ref())
+            .create_order(order, intent.as_ref(), units, checkout.idempotency.as_ref())
             .await;
         match written {
             Ok(()) => Ok(order.id),
             Err(error) => {
-                self.abandon_intent(&intent).await;
+                if let Some(intent) = &intent {
+                    self.abandon_intent(intent).await;
+                }
                 Err(CheckoutError::Unavailable(error.to_string()))
             }
         }
+    }
+
+    /// A free order is paid as soon as it exists: its stock and coupon use are committed as for
+    /// a payment. If that cannot finish now, the order stays pending and its deadline (or the
+    /// next sweep) takes it from there.
+    async fn settle_free_order(&self) -> Result<(), SagaError> {
+        let order = self
+            .deps
+            .ledger
+            .snapshot(self.order_id)
+            .await?
+            .ok_or(SagaError::NotFound)?;
+        let currency = order.currency.clone();
+        let nothing = Taken {
+            intent_id: "",
+            amount: 0,
+            currency: &currency,
+            event_id: None,
+        };
+        self.on_taken(&order, &nothing).await
     }
 
     /// An intent whose order was never written: nobody has its client secret, so it cannot be
