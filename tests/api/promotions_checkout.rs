@@ -590,3 +590,33 @@ async fn a_free_order_is_paid_at_once_without_a_payment_intent() {
         "nothing was asked of the provider"
     );
 }
+
+/// An order that expires unpaid gives its coupon use back.
+#[tokio::test]
+async fn expiry_releases_the_coupon_use() {
+    let app = TestApp::spawn_with(
+        |settings| settings.checkout.reservation_ttl_secs = 1,
+        |_| Vec::new(),
+    )
+    .await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "EXPIRE-MUG", 1000, 5).await;
+    let once = coupon(
+        &app,
+        &admin,
+        json!({"code": "ONCEONLY", "kind": "percent", "value": 10, "scope": "order",
+               "usage_limit": 1, "active": true}),
+    )
+    .await;
+    let coupon_id = Uuid::parse_str(once["id"].as_str().unwrap()).unwrap();
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &mug, 1).await;
+    apply(&app, &customer, "ONCEONLY").await;
+    let order: Value = checkout(&app, &customer).await.json().await.unwrap();
+    assert_eq!(app.state.actors.coupons.used(coupon_id).await.unwrap(), 1);
+    wait_status(&app, &customer, order["id"].as_str().unwrap(), "cancelled").await;
+    assert_eq!(app.state.actors.coupons.used(coupon_id).await.unwrap(), 0);
+    let next = app.login_as_customer().await;
+    fill_cart(&app, &next, &mug, 1).await;
+    assert_eq!(apply(&app, &next, "ONCEONLY").await.status(), 200);
+}
