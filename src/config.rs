@@ -383,6 +383,23 @@ impl Settings {
     }
 
     pub fn load_profile(profile: Profile) -> Result<Self, ConfigError> {
+        Self::load_layers(profile, None, std::env::var("DATABASE_URL").ok())
+    }
+
+    /// Loads `profile` as the process would with exactly `env` for its environment (instead of
+    /// the real one), so a deployment's variables can be checked without setting them.
+    pub fn load_profile_with_env(
+        profile: Profile,
+        env: &config::Map<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_layers(profile, Some(env.clone()), env.get("DATABASE_URL").cloned())
+    }
+
+    fn load_layers(
+        profile: Profile,
+        env: Option<config::Map<String, String>>,
+        database_url: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let dir = std::env::var_os("SHOP_CONFIG_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("config"));
@@ -400,9 +417,10 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("server.cors_allowed_origins"),
+                    .with_list_parse_key("server.cors_allowed_origins")
+                    .source(env),
             );
-        if let Ok(url) = std::env::var("DATABASE_URL") {
+        if let Some(url) = database_url {
             builder = builder.set_override("database.url", url)?;
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
