@@ -89,7 +89,7 @@ async fn deactivate_coupon(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, AppError> {
-    admin::deactivate_coupon(&state, id).await?;
+    admin::deactivate::<Coupon>(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -142,6 +142,6 @@ async fn deactivate_gift_rule(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, AppError> {
-    admin::deactivate_gift_rule(&state, id).await?;
+    admin::deactivate::<GiftRule>(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::store::{self, CouponDraft, GiftRuleDraft};
+use super::store::{self, CouponDraft, GiftRuleDraft, Stored};
 use super::{Coupon, CouponKind, CouponScope, GiftRule};
 use crate::catalog::{double_option, parse_name};
 use crate::error::{AppError, FieldError};
@@ -181,6 +181,13 @@ pub struct GiftRuleChanges {
     pub active: Option<bool>,
 }
 
+/// A PATCH's value for one field, when it sent one, in place of the current one.
+fn merge<T>(current: &mut T, sent: Option<T>) {
+    if let Some(value) = sent {
+        *current = value;
+    }
+}
+
 /// Every failing field of a request, so the client sees all of them at once.
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
@@ -191,8 +198,10 @@ impl Errors {
     }
 }
 
-/// The ids in first-seen order without repeats: a list names a set.
-fn distinct(ids: Vec<Uuid>) -> Vec<Uuid> {
+/// A list as sent (left out and `null` name nothing) as the set it names: its ids in first-seen
+/// order without repeats.
+fn id_set(ids: Option<Vec<Uuid>>) -> Vec<Uuid> {
+    let ids = ids.unwrap_or_default();
     let mut seen = Vec::with_capacity(ids.len());
     for id in ids {
         if !seen.contains(&id) {
@@ -333,18 +342,20 @@ struct SentIds<'a> {
     gift_variant: Option<Uuid>,
 }
 
-async fn check_ids_exist(
+/// A 422 naming every failing field: the `errors` of the fields by themselves, and each id `sent`
+/// that names nothing in the catalog.
+async fn reject_invalid(
     db: &mut PgConnection,
     sent: SentIds<'_>,
-    errors: &mut Vec<FieldError>,
+    mut errors: Vec<FieldError>,
 ) -> Result<(), AppError> {
     if let Some(ids) = sent.products.filter(|ids| ids.len() <= MAX_IDS) {
         let missing = store::missing_products(&mut *db, ids).await?;
-        name_missing(errors, "product_ids", ids, &missing, "product");
+        name_missing(&mut errors, "product_ids", ids, &missing, "product");
     }
     if let Some(ids) = sent.categories.filter(|ids| ids.len() <= MAX_IDS) {
         let missing = store::missing_categories(&mut *db, ids).await?;
-        name_missing(errors, "category_ids", ids, &missing, "category");
+        name_missing(&mut errors, "category_ids", ids, &missing, "category");
     }
     if let Some(variant) = sent.gift_variant
         && !store::missing_variants(&mut *db, &[variant])
@@ -355,12 +366,8 @@ async fn check_ids_exist(
     }
     if let Some((field, ids)) = sent.variants.filter(|(_, ids)| ids.len() <= MAX_IDS) {
         let missing = store::missing_variants(&mut *db, ids).await?;
-        name_missing(errors, field, ids, &missing, "variant");
+        name_missing(&mut errors, field, ids, &missing, "variant");
     }
-    Ok(())
-}
-
-fn finish(errors: Vec<FieldError>) -> Result<(), AppError> {
     if errors.is_empty() {
         Ok(())
     } else {
@@ -386,8 +393,8 @@ pub async fn create_coupon(state: &AppState, input: NewCoupon) -> Result<Coupon,
         kind: input.kind,
         value: input.value,
         scope: input.scope,
-        product_ids: distinct(input.product_ids.unwrap_or_default()),
-        category_ids: distinct(input.category_ids.unwrap_or_default()),
+        product_ids: id_set(input.product_ids),
+        category_ids: id_set(input.category_ids),
         min_order_total: input.min_order_total,
         starts_at: input.starts_at,
         expires_at: input.expires_at,
@@ -395,15 +402,14 @@ pub async fn create_coupon(state: &AppState, input: NewCoupon) -> Result<Coupon,
         per_customer_limit: input.per_customer_limit,
         active: input.active,
     };
-    let mut errors = check_coupon(&draft);
+    let errors = check_coupon(&draft);
     let mut db = state.db.acquire().await?;
     let sent = SentIds {
         products: Some(&draft.product_ids),
         categories: Some(&draft.category_ids),
         ..SentIds::default()
     };
-    check_ids_exist(&mut db, sent, &mut errors).await?;
-    finish(errors)?;
+    reject_invalid(&mut db, sent, errors).await?;
     let coupon = store::create_coupon(&mut *db, &draft)
         .await
         .map_err(code_taken)?;
@@ -424,50 +430,25 @@ pub async fn update_coupon(
     let mut draft = CouponDraft::from(current);
     let products_sent = changes.product_ids.is_some();
     let categories_sent = changes.category_ids.is_some();
-    if let Some(code) = changes.code {
-        draft.code = code;
-    }
-    if let Some(kind) = changes.kind {
-        draft.kind = kind;
-    }
-    if let Some(value) = changes.value {
-        draft.value = value;
-    }
-    if let Some(scope) = changes.scope {
-        draft.scope = scope;
-    }
-    if let Some(ids) = changes.product_ids {
-        draft.product_ids = distinct(ids.unwrap_or_default());
-    }
-    if let Some(ids) = changes.category_ids {
-        draft.category_ids = distinct(ids.unwrap_or_default());
-    }
-    if let Some(total) = changes.min_order_total {
-        draft.min_order_total = total;
-    }
-    if let Some(starts_at) = changes.starts_at {
-        draft.starts_at = starts_at;
-    }
-    if let Some(expires_at) = changes.expires_at {
-        draft.expires_at = expires_at;
-    }
-    if let Some(limit) = changes.usage_limit {
-        draft.usage_limit = limit;
-    }
-    if let Some(limit) = changes.per_customer_limit {
-        draft.per_customer_limit = limit;
-    }
-    if let Some(active) = changes.active {
-        draft.active = active;
-    }
-    let mut errors = check_coupon(&draft);
+    merge(&mut draft.code, changes.code);
+    merge(&mut draft.kind, changes.kind);
+    merge(&mut draft.value, changes.value);
+    merge(&mut draft.scope, changes.scope);
+    merge(&mut draft.product_ids, changes.product_ids.map(id_set));
+    merge(&mut draft.category_ids, changes.category_ids.map(id_set));
+    merge(&mut draft.min_order_total, changes.min_order_total);
+    merge(&mut draft.starts_at, changes.starts_at);
+    merge(&mut draft.expires_at, changes.expires_at);
+    merge(&mut draft.usage_limit, changes.usage_limit);
+    merge(&mut draft.per_customer_limit, changes.per_customer_limit);
+    merge(&mut draft.active, changes.active);
+    let errors = check_coupon(&draft);
     let sent = SentIds {
         products: products_sent.then_some(draft.product_ids.as_slice()),
         categories: categories_sent.then_some(draft.category_ids.as_slice()),
         ..SentIds::default()
     };
-    check_ids_exist(&mut tx, sent, &mut errors).await?;
-    finish(errors)?;
+    reject_invalid(&mut tx, sent, errors).await?;
     let coupon = store::update_coupon(&mut *tx, id, &draft)
         .await
         .map_err(code_taken)?
@@ -477,15 +458,6 @@ pub async fn update_coupon(
     Ok(coupon)
 }
 
-/// Deactivates a coupon; past orders keep their snapshot of it. 404 when there is no such coupon.
-pub async fn deactivate_coupon(state: &AppState, id: Uuid) -> Result<(), AppError> {
-    if !store::deactivate_coupon(&state.db, id).await? {
-        return Err(AppError::NotFound);
-    }
-    state.promotions_changed().await;
-    Ok(())
-}
-
 /// Creates a gift rule: 422 naming each invalid field (an unknown or archived variant included).
 pub async fn create_gift_rule(state: &AppState, input: NewGiftRule) -> Result<GiftRule, AppError> {
     let draft = GiftRuleDraft {
@@ -493,20 +465,19 @@ pub async fn create_gift_rule(state: &AppState, input: NewGiftRule) -> Result<Gi
         gift_variant_id: input.gift_variant_id,
         gift_quantity: input.gift_quantity,
         min_order_total: input.min_order_total,
-        required_variant_ids: distinct(input.required_variant_ids.unwrap_or_default()),
+        required_variant_ids: id_set(input.required_variant_ids),
         starts_at: input.starts_at,
         expires_at: input.expires_at,
         active: input.active,
     };
-    let mut errors = check_gift_rule(&draft);
+    let errors = check_gift_rule(&draft);
     let mut db = state.db.acquire().await?;
     let sent = SentIds {
         variants: Some(("required_variant_ids", &draft.required_variant_ids)),
         gift_variant: Some(draft.gift_variant_id),
         ..SentIds::default()
     };
-    check_ids_exist(&mut db, sent, &mut errors).await?;
-    finish(errors)?;
+    reject_invalid(&mut db, sent, errors).await?;
     let rule = store::create_gift_rule(&mut *db, &draft).await?;
     state.promotions_changed().await;
     Ok(rule)
@@ -525,31 +496,21 @@ pub async fn update_gift_rule(
     let mut draft = GiftRuleDraft::from(current);
     let gift_sent = changes.gift_variant_id;
     let required_sent = changes.required_variant_ids.is_some();
-    if let Some(name) = changes.name {
-        draft.name = name.trim().to_owned();
-    }
-    if let Some(variant) = changes.gift_variant_id {
-        draft.gift_variant_id = variant;
-    }
-    if let Some(quantity) = changes.gift_quantity {
-        draft.gift_quantity = quantity;
-    }
-    if let Some(total) = changes.min_order_total {
-        draft.min_order_total = total;
-    }
-    if let Some(ids) = changes.required_variant_ids {
-        draft.required_variant_ids = distinct(ids.unwrap_or_default());
-    }
-    if let Some(starts_at) = changes.starts_at {
-        draft.starts_at = starts_at;
-    }
-    if let Some(expires_at) = changes.expires_at {
-        draft.expires_at = expires_at;
-    }
-    if let Some(active) = changes.active {
-        draft.active = active;
-    }
-    let mut errors = check_gift_rule(&draft);
+    merge(
+        &mut draft.name,
+        changes.name.map(|name| name.trim().to_owned()),
+    );
+    merge(&mut draft.gift_variant_id, changes.gift_variant_id);
+    merge(&mut draft.gift_quantity, changes.gift_quantity);
+    merge(&mut draft.min_order_total, changes.min_order_total);
+    merge(
+        &mut draft.required_variant_ids,
+        changes.required_variant_ids.map(id_set),
+    );
+    merge(&mut draft.starts_at, changes.starts_at);
+    merge(&mut draft.expires_at, changes.expires_at);
+    merge(&mut draft.active, changes.active);
+    let errors = check_gift_rule(&draft);
     let sent = SentIds {
         variants: required_sent.then_some((
             "required_variant_ids",
@@ -558,8 +519,7 @@ pub async fn update_gift_rule(
         gift_variant: gift_sent,
         ..SentIds::default()
     };
-    check_ids_exist(&mut tx, sent, &mut errors).await?;
-    finish(errors)?;
+    reject_invalid(&mut tx, sent, errors).await?;
     let rule = store::update_gift_rule(&mut *tx, id, &draft)
         .await?
         .ok_or(AppError::NotFound)?;
@@ -568,9 +528,10 @@ pub async fn update_gift_rule(
     Ok(rule)
 }
 
-/// Deactivates a gift rule: carts lose its gift line, past orders keep theirs.
-pub async fn deactivate_gift_rule(state: &AppState, id: Uuid) -> Result<(), AppError> {
-    if !store::deactivate_gift_rule(&state.db, id).await? {
+/// Deactivates a coupon or a gift rule: it no longer applies to carts (a rule's gift line leaves
+/// them); the row stays, so past orders keep their snapshot of it. 404 when there is no such one.
+pub async fn deactivate<T: Stored>(state: &AppState, id: Uuid) -> Result<(), AppError> {
+    if !store::deactivate::<T>(&state.db, id).await? {
         return Err(AppError::NotFound);
     }
     state.promotions_changed().await;
@@ -704,6 +665,7 @@ mod tests {
     #[test]
     fn repeated_ids_count_once_in_first_seen_order() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        assert_eq!(distinct(vec![b, a, b, a]), vec![b, a]);
+        assert_eq!(id_set(Some(vec![b, a, b, a])), vec![b, a]);
+        assert_eq!(id_set(None), Vec::<Uuid>::new());
     }
 }

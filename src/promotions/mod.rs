@@ -10,12 +10,17 @@ pub mod store;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+// `CouponKind` and `CouponScope` are read from their TEXT columns through `sqlx::Type`: a value
+// outside the enum is a decode error (a logged 500), never a default.
+
 /// How a coupon takes money off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum CouponKind {
     /// `value` percent (1 to 100) of what the coupon applies to, rounded once, half up.
     Percent,
@@ -23,9 +28,19 @@ pub enum CouponKind {
     Fixed,
 }
 
+impl CouponKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Percent => "percent",
+            Self::Fixed => "fixed",
+        }
+    }
+}
+
 /// What a coupon applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum CouponScope {
     /// The whole order (every line but gifts).
     Order,
@@ -33,8 +48,17 @@ pub enum CouponScope {
     Product,
 }
 
+impl CouponScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Product => "product",
+        }
+    }
+}
+
 /// A coupon as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, FromRow)]
 pub struct Coupon {
     pub id: Uuid,
     /// 3 to 32 letters, digits, `-` or `_`; unique without regard to case.
@@ -60,7 +84,7 @@ pub struct Coupon {
 
 /// A gift rule as stored: while a cart meets its conditions, it carries `gift_quantity` of
 /// `gift_variant_id` at no cost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, FromRow)]
 pub struct GiftRule {
     pub id: Uuid,
     pub name: String,
