@@ -18,13 +18,18 @@ wait_for_port() {
   say "$what did not come up on 127.0.0.1:$port within ${seconds}s" && return 1
 }
 
+# apt-get as root: directly when this script is root, else through sudo (a CI runner's user).
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
 apt_install() {
   say "installing $* from Debian's packages"
   if [ -z "${APT_UPDATED:-}" ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     APT_UPDATED=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
 }
 
 ensure_postgres() {
@@ -197,6 +202,38 @@ stop_smtp_sink() {
   SMTP_SINK_PID=""
   [ -n "$SMTP_SINK_LOG" ] && rm -f "$SMTP_SINK_LOG"
   SMTP_SINK_LOG=""
+}
+
+# True when Debian's package lists know package $1 (updating them once if they do not yet).
+apt_has() {
+  apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]' && return 0
+  if [ -z "${APT_UPDATED:-}" ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    APT_UPDATED=1
+  fi
+  apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'
+}
+
+# promtool, which checks and unit-tests the alert rules, from Debian's prometheus package. Only
+# the tool is wanted: a Prometheus server the package's install started is stopped and disabled.
+ensure_promtool() {
+  command -v promtool >/dev/null && return 0
+  apt_has prometheus || { say "no prometheus package in Debian's lists: cannot get promtool"; return 1; }
+  apt_install --no-install-recommends prometheus
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif command -v service >/dev/null && service prometheus status >/dev/null 2>&1; then
+    say "stopping the prometheus server the package started"
+    as_root service prometheus stop >/dev/null 2>&1 || true
+    as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+}
+
+# docker-compose (Debian's package), which validates the compose file without a Docker engine.
+ensure_docker_compose() {
+  command -v docker-compose >/dev/null && return 0
+  apt_has docker-compose || { say "no docker-compose package in Debian's lists"; return 1; }
+  apt_install --no-install-recommends docker-compose
 }
 
 stop_started_services() {

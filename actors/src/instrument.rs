@@ -227,6 +227,9 @@ impl<A: ShopActor> Actor for Instrumented<A> {
             .pre_start(Self::mailbox(&myself, &depth), args)
             .await?;
         metrics::gauge!("actor_alive", "kind" => A::KIND).increment(1.0);
+        // The kind's restart counter exists from its first start, at 0: a restart is then an
+        // increase that `increase(actor_restarts_total[10m])` sees, not a series born at 1.
+        metrics::counter!("actor_restarts_total", "kind" => A::KIND).increment(0);
         Ok(InstrumentedState {
             inner,
             depth: depth.clone(),

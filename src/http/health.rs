@@ -39,6 +39,15 @@ pub async fn live() -> axum::Json<Liveness> {
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let (code, readiness) = readiness(&state).await;
+    (code, axum::Json(readiness))
+}
+
+/// Checks every dependency and records the outcome as `app_ready` (1 ready, 0 not) and
+/// `app_readiness_check{check}` (1 ok, 0 failing) for the readiness alert. The gauges are as fresh
+/// as the last probe (the compose healthcheck and Kubernetes probe every few seconds); `/metrics`
+/// does not probe, so a scrape stays fast while a dependency hangs.
+async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
     let mut checks = BTreeMap::new();
     let postgres = tokio::time::timeout(
         CHECK_TIMEOUT,
@@ -91,12 +100,20 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         }
     }
     let all_ok = checks.values().all(|status| status == "ok");
+    for (check, status) in &checks {
+        metrics::gauge!("app_readiness_check", "check" => *check).set(if status == "ok" {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    metrics::gauge!("app_ready").set(if all_ok { 1.0 } else { 0.0 });
     let (code, status) = if all_ok {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    (code, axum::Json(Readiness { status, checks }))
+    (code, Readiness { status, checks })
 }
 
 /// Runs a readiness probe that may not apply (`None`) within [`CHECK_TIMEOUT`].

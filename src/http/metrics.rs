@@ -29,10 +29,30 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            start_watched_counters_at_zero();
             Some(handle)
         })
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the metrics recorder could not be installed"))
+}
+
+/// Counters the alert rules and the dashboard watch for rare events. A counter otherwise appears
+/// only at its first event, at 1, and `increase()` over a series that starts at 1 sees no
+/// increase: the first dead letter or mismatch would not alert. Registered at 0 instead, they are
+/// scraped from the start.
+const WATCHED_COUNTERS: &[&str] = &[
+    "payment_mismatches_total",
+    "payment_webhook_refused_total",
+    "refund_attempts_failed_total",
+    "email_dead_lettered_total",
+    "email_send_failures_total",
+    "outbox_relay_failures_total",
+];
+
+fn start_watched_counters_at_zero() {
+    for name in WATCHED_COUNTERS {
+        metrics::counter!(*name).increment(0);
+    }
 }
 
 /// Prometheus text exposition of every HTTP and actor metric.

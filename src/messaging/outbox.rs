@@ -145,6 +145,21 @@ pub async fn claim_due(
     .await
 }
 
+/// How many seconds the oldest row not yet published has waited since it was committed (0 when
+/// every row is out). Rows postponed after a failed attempt count too: they are still owed to
+/// their consumers.
+pub async fn oldest_unpublished_age(db: impl PgExecutor<'_>) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"
+        SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
+        FROM outbox
+        WHERE published_at IS NULL
+        "#,
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Marks rows published (after the broker confirmed them, or the in-process consumer took them).
 pub async fn mark_published(
     executor: impl PgExecutor<'_>,

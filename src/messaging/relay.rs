@@ -12,6 +12,9 @@
 //! its confirm. The broker still acks it, but nobody will ever read it, so a returned row is not
 //! published: it stays in the outbox and is retried with the row's backoff until a binding exists
 //! (`outbox_returned_total` counts the returns).
+//!
+//! After every pass the relay sets `outbox_oldest_unpublished_seconds`, the age of the oldest row
+//! still waiting, which the outbox-lag alert watches.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,7 +146,9 @@ impl ShopActor for OutboxRelay {
         state.wake_pending.store(false, Ordering::Release);
         if let Some(at) = state.retry_at {
             if Instant::now() < at {
-                // Backing off; the wake scheduled with the backoff comes later.
+                // Backing off; the wake scheduled with the backoff comes later. The backlog is
+                // still measured: a broker that stays away is what the lag alert is for.
+                state.report_backlog().await;
                 return Ok(());
             }
             state.retry_at = None;
@@ -169,6 +174,7 @@ impl ShopActor for OutboxRelay {
                 });
             }
         }
+        state.report_backlog().await;
         Ok(())
     }
 }
@@ -182,6 +188,16 @@ fn wake(myself: &Mailbox<RelayMsg>, pending: &AtomicBool) -> bool {
 }
 
 impl RelayState {
+    /// Sets `outbox_oldest_unpublished_seconds` (the outbox-lag alert's figure) after each pass,
+    /// and so at least once per poll. A failed read keeps the last value: the database being away
+    /// is what readiness reports.
+    async fn report_backlog(&self) {
+        match outbox::oldest_unpublished_age(&self.args.db).await {
+            Ok(age) => metrics::gauge!("outbox_oldest_unpublished_seconds").set(age),
+            Err(error) => tracing::warn!(%error, "measuring the outbox backlog failed"),
+        }
+    }
+
     /// Relays one batch of due rows; true when there may be more.
     async fn relay_batch(&mut self) -> Result<bool, RelayError> {
         match self.args.route.clone() {

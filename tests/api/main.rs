@@ -17,6 +17,7 @@ mod inventory;
 mod lifecycle;
 mod media;
 mod openapi;
+mod operations;
 mod order_failures;
 mod orders;
 mod payments;

@@ -3,7 +3,7 @@
 //! at boot and on a timer (so a saga that failed, or whose restart failed, is back within
 //! `checkout.sweep_interval_secs`), and restarts a saga that fails. A saga stops itself once its
 //! order is final, so the sagas alive are the orders still pending (plus those handling a late
-//! event for a moment).
+//! event for a moment). Each sweep sets `orders_pending`, so a leak of sagas shows against it.
 
 use std::time::{Duration, Instant};
 
@@ -203,6 +203,12 @@ fn forward<R: Send + 'static>(
     });
 }
 
+/// Sets `orders_pending`, the orders that should have a saga: the saga-leak alert compares it
+/// with the sagas alive.
+fn report_pending(pending: &[Uuid]) {
+    metrics::gauge!("orders_pending").set(pending.len() as f64);
+}
+
 /// For a reply port without a timeout of its own (casts made into calls by tests).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -222,7 +228,9 @@ impl ShopActor for OrderSupervisor {
             sagas: KeyedChildren::default(),
         };
         // Resume every order not final yet: its saga re-arms its deadline.
-        for order in state.args.deps.ledger.unfinished().await? {
+        let pending = state.args.deps.ledger.unfinished().await?;
+        report_pending(&pending);
+        for order in pending {
             state.saga(&myself, order).await?;
         }
         myself.cast_every(state.args.sweep_interval, || OrderSupervisorMsg::Sweep);
@@ -306,6 +314,7 @@ impl ShopActor for OrderSupervisor {
             }
             OrderSupervisorMsg::Sweep => match state.args.deps.ledger.unfinished().await {
                 Ok(pending) => {
+                    report_pending(&pending);
                     for order in pending {
                         if state.sagas.running(&order).is_none()
                             && let Err(error) = state.saga(&myself, order).await
