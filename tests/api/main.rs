@@ -19,6 +19,7 @@ mod media;
 mod openapi;
 mod order_failures;
 mod orders;
+mod ownership;
 mod payments;
 mod platform;
 mod promotions;

@@ -41,7 +41,7 @@ async fn spawn_with_probe(slot: &Slot<()>, max_restarts: usize) -> TestApp {
 }
 
 async fn restarted(app: &TestApp, previous: &ActorCell) -> ActorCell {
-    let system = app.state.actors.system();
+    let system = app.state.actors.system().expect("the tree runs");
     eventually(
         Duration::from_secs(5),
         "the probe to be restarted",
@@ -71,6 +71,7 @@ async fn a_killed_child_is_restarted_and_counted() {
         .state
         .actors
         .system()
+        .expect("the tree runs")
         .child("probe")
         .await
         .unwrap()
@@ -80,7 +81,10 @@ async fn a_killed_child_is_restarted_and_counted() {
 
     assert_eq!(
         second.get_name(),
-        Some(format!("{}probe", app.state.actors.system().prefix()))
+        Some(format!(
+            "{}probe",
+            app.state.actors.system().expect("the tree runs").prefix()
+        ))
     );
     // Holders of the slot now reach the new incarnation.
     assert_eq!(slot.get().unwrap().cell().get_id(), second.get_id());
@@ -104,6 +108,7 @@ async fn a_child_that_keeps_failing_stops_the_tree_and_the_server_exits_with_an_
         .state
         .actors
         .system()
+        .expect("the tree runs")
         .child("probe")
         .await
         .unwrap()
