@@ -366,7 +366,7 @@ async fn two_processes_on_one_database_sell_twenty_units_once_and_the_standby_ta
     let bases = [owner.base.clone(), standby.base.clone()];
     // Every other request goes to the standby first, as a load balancer would send them.
     let order_of = |n: usize| {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             [bases[0].as_str(), bases[1].as_str()]
         } else {
             [bases[1].as_str(), bases[0].as_str()]
