@@ -1,6 +1,12 @@
-//! The server's view of the actor system: the running tree plus the typed handles handlers use
+//! The server's view of the actor system: the tree plus the typed handles handlers use
 //! (`state.actors.carts`, ...). Each domain adds its handle and its child spec here.
+//!
+//! The handles exist before the tree does: they reach their actors through slots that are empty
+//! until the tree starts (a standby instance, waiting for the ownership lease, serves HTTP with
+//! them), so every call through them answers `Unavailable`, a 503, until then.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use shop_actors::carts::{CartConfig, Carts};
@@ -20,7 +26,14 @@ use shop_actors::orders::saga::SagaDeps;
 use shop_actors::orders::supervisor::{OrderSupervisorMsg, Orders};
 
 pub struct Actors {
-    system: ActorSystem,
+    /// The running tree, once [`Actors::start_tree`] has started it.
+    system: OnceLock<ActorSystem>,
+    /// What [`Actors::start_tree`] starts: taken by the first (only) start.
+    pending: Mutex<Option<(ActorSystemConfig, Vec<ChildSpec>)>>,
+    /// Tells [`Actors::stopped`] that the tree exists now.
+    started: tokio::sync::watch::Sender<bool>,
+    /// Another instance holds the ownership lease: this one waits to take it.
+    standby: AtomicBool,
     /// The inventory shards: stock availability, reservations, sales.
     pub inventory: Inventory,
     /// The coupon limiter shards: coupon uses held, committed, released.
@@ -41,13 +54,10 @@ pub struct Actors {
 }
 
 impl Actors {
-    /// Starts the supervision tree with the children the settings call for, plus `extra` (tests
-    /// add probe children to exercise supervision).
-    pub async fn start(
-        settings: &Settings,
-        db: &PgPool,
-        extra: Vec<ChildSpec>,
-    ) -> anyhow::Result<Self> {
+    /// The handles, and the supervision tree (not started: see [`Actors::start_tree`]) with the
+    /// children the settings call for, plus `extra` (tests add probe children to exercise
+    /// supervision).
+    pub fn new(settings: &Settings, db: &PgPool, extra: Vec<ChildSpec>) -> anyhow::Result<Self> {
         let prefix = settings.actors.name_prefix.as_str();
         let call_timeout = Duration::from_millis(settings.actors.call_timeout_ms);
         let restart = RestartPolicy {
@@ -134,9 +144,11 @@ impl Actors {
         ];
         children.extend(messaging_children(settings, db, &messaging, prefix));
         children.extend(extra);
-        let system = ActorSystem::start(&config, children).await?;
         Ok(Self {
-            system,
+            system: OnceLock::new(),
+            pending: Mutex::new(Some((config, children))),
+            started: tokio::sync::watch::Sender::new(false),
+            standby: AtomicBool::new(false),
             inventory,
             coupons,
             carts,
@@ -154,21 +166,68 @@ impl Actors {
         self.payment_router.unsubscribe(self.orders_subscription);
     }
 
-    pub fn system(&self) -> &ActorSystem {
-        &self.system
+    /// Starts the supervision tree: its children load their state from PostgreSQL and fill the
+    /// handles' slots. Only once per process, and only by the holder of the ownership lease
+    /// (or with `actors.ownership_lease` off).
+    pub async fn start_tree(&self) -> anyhow::Result<()> {
+        let pending = self
+            .pending
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the actor tree's start was interrupted"))?
+            .take();
+        let Some((config, children)) = pending else {
+            anyhow::bail!("the actor tree was started already");
+        };
+        let system = ActorSystem::start(&config, children).await?;
+        if self.system.set(system).is_err() {
+            anyhow::bail!("the actor tree was started already");
+        }
+        self.standby.store(false, Ordering::SeqCst);
+        self.started.send_replace(true);
+        Ok(())
+    }
+
+    /// The running tree; `None` before it started (a standby).
+    pub fn system(&self) -> Option<&ActorSystem> {
+        self.system.get()
     }
 
     pub fn is_running(&self) -> bool {
-        self.system.is_running()
+        self.system.get().is_some_and(ActorSystem::is_running)
     }
 
-    /// Resolves once the tree has stopped; an error when it stopped without being asked to.
+    /// Marks this instance as waiting for the ownership lease (readiness says so).
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::SeqCst);
+    }
+
+    /// Whether another instance owns the tree and this one waits for the lease.
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the tree has stopped (waiting first for it to start); an error when it
+    /// stopped without being asked to.
     pub async fn stopped(&self) -> Result<(), shop_actors::TreeStopped> {
-        self.system.stopped().await
+        let mut started = self.started.subscribe();
+        // The sender lives in `self`, so this only ends once the tree has started.
+        let _ = started.wait_for(|started| *started).await;
+        match self.system.get() {
+            Some(system) => system.stopped().await,
+            None => std::future::pending().await,
+        }
     }
 
+    /// How the tree ended, once it has: `Some(Err)` when it stopped without being asked to.
+    pub fn exit(&self) -> Option<Result<(), shop_actors::TreeStopped>> {
+        self.system.get().and_then(ActorSystem::exit)
+    }
+
+    /// Stops the tree, if it runs; a second call finds nothing left to stop.
     pub async fn shutdown(&self) {
-        self.system.shutdown().await;
+        if let Some(system) = self.system.get() {
+            system.shutdown().await;
+        }
     }
 }
 

@@ -309,6 +309,13 @@ pub struct ActorSettings {
     pub call_timeout_ms: u64,
     pub max_restarts: usize,
     pub restart_window_secs: u64,
+    /// Run the actor tree only while holding the database's ownership lease (a PostgreSQL
+    /// advisory lock), so two instances on one database never both own stock, carts and coupon
+    /// uses; the other waits as a standby. Off only for setups that guarantee one instance.
+    pub ownership_lease: bool,
+    /// How often a standby tries to take the lease, and how often the owner checks it still
+    /// holds it.
+    pub lease_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -455,6 +462,11 @@ impl Settings {
         {
             return Err(ConfigError::Invalid(
                 "argon2 parameters below the OWASP minimum (m = 19456 KiB, t = 2, p = 1)".into(),
+            ));
+        }
+        if self.actors.ownership_lease && self.actors.lease_check_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "actors.lease_check_ms must be above 0".into(),
             ));
         }
         if self.outbox.batch_size < 1 || self.outbox.poll_interval_ms == 0 {

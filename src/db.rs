@@ -13,7 +13,7 @@ use crate::config::DatabaseSettings;
 /// Every migration of `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
+pub(crate) fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(settings.url.expose_secret())?
         .application_name("shop")
         .options([(

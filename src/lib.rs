@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod lease;
 pub mod media;
 pub mod messaging;
 pub mod orders;

@@ -1,19 +1,24 @@
-//! Building and running the server: configuration → database → actor tree → router → listener,
-//! and the orderly shutdown in reverse.
+//! Building and running the server: configuration → database → ownership lease → actor tree →
+//! router → listener, and the orderly shutdown in reverse.
+//!
+//! An instance that finds the ownership lease ([`crate::lease`]) held by another serves HTTP as
+//! a standby (live, not ready, actor routes 503) and starts its tree once it takes the lease.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::actors::Actors;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::identity::service::Identity;
 use crate::identity::{Email, NewPassword, UserName, store};
+use crate::lease::{Attempt, LeaseCandidate, OwnershipLease};
 use crate::media::MediaStore;
 use crate::state::AppState;
 use crate::{db, http};
@@ -21,6 +26,17 @@ use crate::{db, http};
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    ownership: Ownership,
+}
+
+/// Where the instance stands with the ownership lease when it starts serving.
+enum Ownership {
+    /// `actors.ownership_lease` is off: the tree runs without a lease.
+    Unleased,
+    /// The lease is held and the tree runs.
+    Owner(OwnershipLease),
+    /// Another instance holds the lease: the tree starts once this one takes it.
+    Standby(LeaseCandidate),
 }
 
 impl Application {
@@ -37,7 +53,30 @@ impl Application {
         let db = db::prepare(&settings.database).await?;
         let identity = Identity::new(&settings).await?;
         bootstrap_admin(&settings, &db, &identity).await?;
-        let actors = Actors::start(&settings, &db, extra_children).await?;
+        let actors = Actors::new(&settings, &db, extra_children)?;
+        let ownership = if settings.actors.ownership_lease {
+            match LeaseCandidate::open(&settings.database)
+                .await?
+                .try_take()
+                .await?
+            {
+                Attempt::Taken(lease) => {
+                    actors.start_tree().await?;
+                    Ownership::Owner(lease)
+                }
+                Attempt::HeldElsewhere(candidate) => {
+                    tracing::warn!(
+                        "standby: another instance owns the actor tree; waiting for its lease"
+                    );
+                    actors.set_standby(true);
+                    Ownership::Standby(candidate)
+                }
+            }
+        } else {
+            actors.start_tree().await?;
+            Ownership::Unleased
+        };
+        owner_gauge(&ownership);
         let cache = Cache::from_settings(&settings)?;
         let media = MediaStore::from_settings(&settings).await?;
         let address = format!("{}:{}", settings.server.host, settings.server.port);
@@ -52,7 +91,11 @@ impl Application {
             media,
             image_decodes: http::images::decode_permits(),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            ownership,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -64,21 +107,40 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, gives in-flight requests up to
-    /// `server.shutdown_grace_secs` to finish, stops the actor tree and closes the pool.
+    /// `server.shutdown_grace_secs` to finish, stops the actor tree, releases the ownership lease
+    /// and closes the pool. A standby meanwhile waits for the lease and, once it has it, starts
+    /// the tree (which loads everything from PostgreSQL, as at boot).
     ///
     /// An actor tree that stops on its own (the root gave up on a child that kept failing) shuts
     /// the server down the same way and makes this return the error, so the process exits
     /// non-zero and an orchestrator restarts it instead of leaving it unready for good.
+    ///
+    /// So does a lost lease: when the owner can no longer show that its lease session holds the
+    /// lock (the connection dropped, the session was terminated), PostgreSQL may already have
+    /// handed the lease to a standby, whose tree then writes stock, carts and coupon uses from
+    /// its own memory. The tree here is stopped at once, before the HTTP drain, and the process
+    /// exits non-zero: it cannot take the lease back without rebuilding its state from
+    /// PostgreSQL, and a fresh start (the orchestrator's restart) is exactly that, as a standby
+    /// if the other instance now owns the tree.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            state,
+            ownership,
+        } = self;
         let grace = state.settings.shutdown_grace();
         let app = http::app(state.clone());
         let signalled = Arc::new(Notify::new());
         let notify = signalled.clone();
         let actors = state.actors.clone();
+        // Ownership → the server: the lease was lost or the tree could not start after taking it.
+        let (fatal, mut fatal_rx) = watch::channel(None::<String>);
+        // The server → ownership: stop waiting for or watching the lease.
+        let (stop, stop_rx) = watch::channel(false);
+        let keeper = tokio::spawn(keep_ownership(ownership, state.clone(), fatal, stop_rx));
         let serve = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -93,6 +155,11 @@ impl Application {
                         tracing::error!(%error, "shutting down: the actor tree has stopped");
                     }
                 }
+                why = fatal_reason(&mut fatal_rx) => {
+                    tracing::error!(reason = %why, "shutting down: this instance may no longer own the actor tree");
+                    // Not one more write from this tree: a standby may own the stock now.
+                    actors.shutdown().await;
+                }
             }
             notify.notify_one();
         });
@@ -104,14 +171,93 @@ impl Application {
             served = serve => served?,
             () = deadline => tracing::warn!(?grace, "in-flight requests outlived the grace period"),
         }
+        stop.send_replace(true);
+        let kept = keeper
+            .await
+            .map_err(|error| anyhow::anyhow!("the ownership lease's task failed: {error}"));
         state.actors.shutdown().await;
+        // The lease goes only once the tree has stopped: a standby must not start its tree while
+        // this one may still write.
+        let lost = match kept {
+            Ok(Ok(Some(lease))) => {
+                if let Err(error) = lease.release().await {
+                    // The session ends with the connection anyway, which releases the lock.
+                    tracing::warn!(%error, "releasing the ownership lease failed");
+                }
+                None
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(error)) | Err(error) => Some(error),
+        };
+        metrics::gauge!("actor_tree_owner").set(0.0);
         state.db.close().await;
-        if let Some(Err(error)) = state.actors.system().exit() {
+        if let Some(error) = lost {
+            tracing::error!(%error, "stopped because this instance lost the ownership lease");
+            return Err(error);
+        }
+        if let Some(Err(error)) = state.actors.exit() {
             tracing::error!(%error, "stopped because the actor tree failed");
             return Err(error.into());
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Resolves with the reason once ownership fails (never, if its sender goes without one).
+async fn fatal_reason(fatal: &mut watch::Receiver<Option<String>>) -> String {
+    let reason = match fatal.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone(),
+        Err(_) => None,
+    };
+    match reason {
+        Some(reason) => reason,
+        None => std::future::pending().await,
+    }
+}
+
+/// `actor_tree_owner`: 1 while this instance holds the lease (or runs without one), 0 on a standby.
+fn owner_gauge(ownership: &Ownership) {
+    let owner = !matches!(ownership, Ownership::Standby(_));
+    metrics::gauge!("actor_tree_owner").set(if owner { 1.0 } else { 0.0 });
+}
+
+/// The ownership lease while the server runs: a standby waits for it and then starts the tree;
+/// the owner checks it still holds it. Ends when `stop` is set, handing back the lease to release
+/// once the tree has stopped, or with the error that `fatal` also reports to the server.
+async fn keep_ownership(
+    ownership: Ownership,
+    state: AppState,
+    fatal: watch::Sender<Option<String>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<OwnershipLease>> {
+    let every = Duration::from_millis(state.settings.actors.lease_check_ms.max(1));
+    let mut lease = match ownership {
+        Ownership::Unleased => return Ok(None),
+        Ownership::Owner(lease) => lease,
+        Ownership::Standby(candidate) => {
+            let take = candidate.take(&state.settings.database, every);
+            let lease = tokio::select! {
+                lease = take => lease,
+                _ = stop.wait_for(|stop| *stop) => return Ok(None),
+            };
+            tracing::warn!("took the ownership lease: starting the actor tree");
+            if let Err(error) = state.actors.start_tree().await {
+                let error = error.context("starting the actor tree after taking the lease");
+                fatal.send_replace(Some(format!("{error:#}")));
+                return Err(error);
+            }
+            metrics::gauge!("actor_tree_owner").set(1.0);
+            tracing::info!("the actor tree runs: this instance owns it");
+            lease
+        }
+    };
+    tokio::select! {
+        why = lease.lost(every) => {
+            fatal.send_replace(Some(why.clone()));
+            Err(anyhow::anyhow!("the ownership lease was lost: {why}"))
+        }
+        _ = stop.wait_for(|stop| *stop) => Ok(Some(lease)),
     }
 }
 

@@ -13,6 +13,9 @@ use crate::state::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The `actors` check of an instance waiting for the ownership lease (see `crate::lease`).
+pub const STANDBY: &str = "standby: another instance owns the actor tree";
+
 #[derive(Serialize, ToSchema)]
 pub struct Liveness {
     /// Always `ok` while the process runs.
@@ -35,7 +38,8 @@ pub async fn live() -> axum::Json<Liveness> {
 }
 
 /// Every configured dependency answers: PostgreSQL, the actor tree, and each configured Redis,
-/// RabbitMQ, SMTP server and S3. 503 names what failed.
+/// RabbitMQ, SMTP server and S3. 503 names what failed; a standby instance (another one owns the
+/// actor tree on this database) says so in its `actors` check.
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
@@ -66,6 +70,10 @@ async fn readiness(state: &AppState) -> (StatusCode, Readiness) {
         "actors",
         if state.actors.is_running() {
             "ok".to_string()
+        } else if state.actors.is_standby() {
+            STANDBY.to_string()
+        } else if state.actors.system().is_none() {
+            "the actor tree is starting".to_string()
         } else {
             "the actor tree has stopped".to_string()
         },

@@ -128,6 +128,15 @@ impl TestApp {
         Self::launch(database, settings, Vec::new()).await
     }
 
+    /// Another instance on this app's database, with its own port and actor-name prefix: a
+    /// second replica, or the new pod of a rolling update while the old one still runs.
+    pub async fn spawn_beside(&self) -> Self {
+        let mut settings = self.settings.clone();
+        settings.actors.name_prefix =
+            format!("{}-{}-", self.database.name, Uuid::new_v4().simple());
+        Self::launch(self.database.clone(), settings, Vec::new()).await
+    }
+
     async fn launch(
         database: std::sync::Arc<TestDatabase>,
         settings: Settings,

@@ -20,6 +20,7 @@ mod openapi;
 mod operations;
 mod order_failures;
 mod orders;
+mod ownership;
 mod payments;
 mod platform;
 mod promotions;

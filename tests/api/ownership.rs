@@ -1,0 +1,501 @@
+//! One owner of the actor tree per database: of two instances on one database only the holder of
+//! the ownership lease runs the tree; the other is a standby (live, not ready, actor routes 503)
+//! that takes over when the owner drains, dies (kill -9) or loses its lease connection.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shop::http::health::STANDBY;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, TestDatabase, assert_problem, eventually};
+use crate::orders::address;
+
+/// `/health/ready` of `base`: (status, body).
+async fn readiness(client: &reqwest::Client, base: &str) -> (StatusCode, Value) {
+    let response = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .expect("readiness answers");
+    let status = response.status();
+    (status, response.json().await.expect("readiness body"))
+}
+
+#[tokio::test]
+async fn the_second_instance_is_a_standby_until_the_owner_drains() {
+    let owner = TestApp::spawn().await;
+    let standby = owner.spawn_beside().await;
+    let client = reqwest::Client::new();
+
+    let (status, body) = readiness(&client, &owner.address).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = readiness(&client, &standby.address).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["actors"], STANDBY, "{body}");
+    assert_eq!(body["checks"]["postgres"], "ok", "{body}");
+    assert_eq!(standby.get("/health/live").await.status(), 200);
+    assert!(owner.state.actors.is_running());
+    assert!(!standby.state.actors.is_running());
+    assert!(
+        standby.state.actors.system().is_none(),
+        "no tree on the standby"
+    );
+
+    // The standby serves what needs only PostgreSQL, and 503 for what needs the actors.
+    let customer = owner.login_as_customer().await;
+    let login = standby
+        .login(&customer.email, crate::helpers::CUSTOMER_PASSWORD)
+        .await;
+    assert_eq!(login.status(), 200);
+    assert_problem(
+        standby.get_as(&customer.access_token, "/api/v1/cart").await,
+        503,
+    )
+    .await;
+    assert_eq!(
+        owner
+            .get_as(&customer.access_token, "/api/v1/cart")
+            .await
+            .status(),
+        200
+    );
+
+    // The owner drains (SIGTERM): the standby takes the lease and becomes ready.
+    owner.stop().await;
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the standby to become ready",
+        || {
+            let client = client.clone();
+            let base = standby.address.clone();
+            async move { (readiness(&client, &base).await.0 == 200).then_some(()) }
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(standby.state.actors.is_running());
+    assert_eq!(
+        standby
+            .get_as(&customer.access_token, "/api/v1/cart")
+            .await
+            .status(),
+        200
+    );
+    standby.stop().await;
+}
+
+#[tokio::test]
+async fn an_owner_that_loses_its_lease_connection_stops_its_tree_and_exits_with_an_error() {
+    let mut owner = TestApp::spawn().await;
+    let standby = owner.spawn_beside().await;
+    let client = reqwest::Client::new();
+    assert_eq!(readiness(&client, &standby.address).await.0, 503);
+
+    // The lease's session, found the way an operator would.
+    let sessions: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'shop-lease'",
+    )
+    .bind(&owner.database.name)
+    .fetch_all(&owner.db)
+    .await
+    .unwrap();
+    assert_eq!(sessions.len(), 2, "one lease connection per instance");
+    let (classid, objid) = shop::lease::lock_ids();
+    let held: Vec<i32> = sqlx::query_scalar(
+        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND l.granted AND d.datname = $1
+           AND l.classid::bigint = $2 AND l.objid::bigint = $3 AND l.objsubid = 1",
+    )
+    .bind(&owner.database.name)
+    .bind(classid)
+    .bind(objid)
+    .fetch_all(&owner.db)
+    .await
+    .unwrap();
+    assert_eq!(held.len(), 1, "exactly one instance holds the lease");
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(held[0])
+        .fetch_one(&owner.db)
+        .await
+        .unwrap();
+    assert!(terminated);
+
+    let exit = owner.exited(Duration::from_secs(15)).await;
+    let error = exit.expect_err("an owner that lost its lease exits non-zero");
+    assert!(
+        format!("{error:#}").contains("ownership lease"),
+        "{error:#}"
+    );
+    assert!(!owner.state.actors.is_running(), "the tree has stopped");
+    eventually(Duration::from_secs(10), "the standby to take over", || {
+        let client = client.clone();
+        let base = standby.address.clone();
+        async move { (readiness(&client, &base).await.0 == 200).then_some(()) }
+    })
+    .await;
+    standby.stop().await;
+}
+
+/// The shop binary, started like an operator would, logging to `log`.
+struct Shop {
+    child: Child,
+    base: String,
+}
+
+const ADMIN_EMAIL: &str = "lease-admin@example.com";
+const ADMIN_PASSWORD: &str = "lease-admin-password-1";
+const UNITS: usize = 20;
+const BUYERS: usize = 200;
+const PAID: usize = 5;
+
+impl Shop {
+    fn start(database: &TestDatabase, log: &std::path::Path) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shop"))
+            .env("SHOP_ENV", "test")
+            .env("DATABASE_URL", &database.url)
+            .env("SHOP__SERVER__PORT", "0")
+            .env("SHOP__RATE_LIMIT__ENABLED", "false")
+            .env("SHOP__BOOTSTRAP__ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("SHOP__BOOTSTRAP__ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("SHOP__LOG__LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("the shop binary starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = lines
+            .find_map(|line| {
+                let line = line.ok()?;
+                let start = line.find("http://")?;
+                Some(line[start..].split_whitespace().next()?.to_owned())
+            })
+            .expect("a listening line");
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+
+    fn kill_9(&mut self) {
+        let killed = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// POSTs to `first`; a 503 (a standby, or the owner's tree still starting) is tried at `second`,
+/// and both again until a deadline. Returns (status, body, how many 503s were answered).
+async fn post_to_owner(
+    client: &reqwest::Client,
+    [first, second]: [&str; 2],
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, Value, usize) {
+    let started = Instant::now();
+    let mut unavailable = 0;
+    loop {
+        for base in [first, second] {
+            let response = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(token)
+                .json(body)
+                .send()
+                .await;
+            match response {
+                Ok(response) if response.status() != 503 => {
+                    let status = response.status().as_u16();
+                    let body = response.json().await.unwrap_or(Value::Null);
+                    return (status, body, unavailable);
+                }
+                Ok(_) => unavailable += 1,
+                // A killed process: the other one may own the tree now.
+                Err(_) => {}
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "POST {path}: no instance served it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Customers made directly (hashing 200 passwords would only slow the test), with access tokens
+/// signed by the test profile's key, which the binary also uses.
+async fn customers(db: &sqlx::PgPool, count: usize) -> Vec<String> {
+    let settings = shop::config::Settings::load_profile(shop::config::Profile::Test).unwrap();
+    let identity = shop::identity::service::Identity::new(&settings)
+        .await
+        .unwrap();
+    let mut tokens = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, 'Buyer', 'x')",
+        )
+        .bind(id)
+        .bind(format!("buyer-{}@example.com", id.simple()))
+        .execute(db)
+        .await
+        .unwrap();
+        tokens.push(
+            identity
+                .tokens
+                .issue_access(id, shop::identity::Role::Customer)
+                .unwrap(),
+        );
+    }
+    tokens
+}
+
+/// (on hand, held, sold) of `variant`, and the units in its pending and paid orders.
+async fn ledger(db: &sqlx::PgPool, variant: Uuid) -> ((i64, i64, i64), i64, i64) {
+    let stock = sqlx::query_as(
+        "SELECT v.stock::bigint,
+                coalesce(sum(r.quantity) FILTER (WHERE r.status = 'held'), 0)::bigint,
+                coalesce(sum(r.quantity) FILTER (WHERE r.status = 'committed'), 0)::bigint
+         FROM product_variants v LEFT JOIN stock_reservations r ON r.variant_id = v.id
+         WHERE v.id = $1 GROUP BY v.stock",
+    )
+    .bind(variant)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let units = |status: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT coalesce(sum(i.quantity), 0)::bigint FROM order_items i
+             JOIN orders o ON o.id = i.order_id WHERE o.status = $1 AND i.variant_id = $2",
+        )
+        .bind(status)
+        .bind(variant)
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    (stock, units("pending").await, units("paid").await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_on_one_database_sell_twenty_units_once_and_the_standby_takes_over_a_kill_9()
+{
+    let database = TestDatabase::new();
+    let logs = tempfile::tempdir().unwrap();
+    let first = Shop::start(&database, &logs.path().join("first.log"));
+    let second = Shop::start(&database, &logs.path().join("second.log"));
+    let client = reqwest::Client::new();
+
+    // Exactly one owns the tree; the other says it is a standby.
+    let ready = eventually(Duration::from_secs(10), "one instance to be ready", || {
+        let client = client.clone();
+        let bases = [first.base.clone(), second.base.clone()];
+        async move {
+            let mut ready = Vec::new();
+            for base in &bases {
+                ready.push(readiness(&client, base).await);
+            }
+            ready
+                .iter()
+                .any(|(status, _)| *status == 200)
+                .then_some(ready)
+        }
+    })
+    .await;
+    assert_eq!(
+        ready.iter().filter(|(status, _)| *status == 200).count(),
+        1,
+        "{ready:?}"
+    );
+    let standby = &ready
+        .iter()
+        .find(|(status, _)| *status == 503)
+        .expect("the other is unready")
+        .1;
+    assert_eq!(standby["checks"]["actors"], STANDBY, "{standby}");
+    let (mut owner, standby) = if ready[0].0 == 200 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+
+    let login: Value = client
+        .post(format!("{}/api/v1/auth/login", owner.base))
+        .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = login["access_token"].as_str().unwrap().to_owned();
+    let product: Value = client
+        .post(format!("{}/api/v1/products", owner.base))
+        .bearer_auth(&admin)
+        .json(
+            &json!({"name": "Lease", "sku": "LEASE", "price": 900, "stock": UNITS,
+            "status": "active"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let variant = product["variants"][0]["id"].as_str().unwrap().to_owned();
+    let variant_id = Uuid::parse_str(&variant).unwrap();
+
+    let db = sqlx::PgPool::connect(&database.url).await.unwrap();
+    let buyers = customers(&db, BUYERS + 1).await;
+    let (late, buyers) = buyers.split_last().unwrap();
+    let bases = [owner.base.clone(), standby.base.clone()];
+    // Every other request goes to the standby first, as a load balancer would send them.
+    let order_of = |n: usize| {
+        if n.is_multiple_of(2) {
+            [bases[0].as_str(), bases[1].as_str()]
+        } else {
+            [bases[1].as_str(), bases[0].as_str()]
+        }
+    };
+    let item = json!({"variant_id": variant, "quantity": 1});
+    let filled =
+        futures::future::join_all(buyers.iter().enumerate().map(|(n, token)| {
+            post_to_owner(&client, order_of(n), token, "/api/v1/cart/items", &item)
+        }))
+        .await;
+    assert!(filled.iter().all(|(status, _, _)| *status == 200));
+    let shipping = address();
+    let checkouts = futures::future::join_all(buyers.iter().enumerate().map(|(n, token)| {
+        post_to_owner(&client, order_of(n + 1), token, "/api/v1/orders", &shipping)
+    }))
+    .await;
+    let statuses: Vec<u16> = checkouts.iter().map(|(status, _, _)| *status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        UNITS,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        BUYERS - UNITS,
+        "{statuses:?}"
+    );
+    let refused: usize = checkouts
+        .iter()
+        .map(|(_, _, unavailable)| unavailable)
+        .sum();
+    assert!(
+        refused >= BUYERS / 2,
+        "the standby answered 503 to the checkouts sent to it first ({refused})"
+    );
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(orders, UNITS as i64);
+    assert_eq!(
+        ledger(&db, variant_id).await,
+        ((UNITS as i64, UNITS as i64, 0), UNITS as i64, 0)
+    );
+
+    // A few are paid (the simulated provider), the rest stay pending through the kill.
+    let placed: Vec<(&String, String)> = buyers
+        .iter()
+        .zip(&checkouts)
+        .filter(|(_, (status, _, _))| *status == 201)
+        .map(|(token, (_, order, _))| (token, order["id"].as_str().unwrap().to_owned()))
+        .collect();
+    for (token, id) in &placed[..PAID] {
+        let pay = json!({"payment_method": "pm_card_visa"});
+        let (status, body, _) = post_to_owner(
+            &client,
+            [owner.base.as_str(), standby.base.as_str()],
+            token,
+            &format!("/api/v1/orders/{id}/pay"),
+            &pay,
+        )
+        .await;
+        assert!(status < 300, "pay {id}: {status} {body}");
+    }
+    eventually(Duration::from_secs(15), "the paid orders", || async {
+        let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'paid'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        (paid == PAID as i64).then_some(())
+    })
+    .await;
+
+    // kill -9 of the owner: the standby takes the lease and becomes ready within 10 s.
+    owner.kill_9();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(10), "the standby to take over", || {
+        let client = client.clone();
+        let base = standby.base.clone();
+        async move { (readiness(&client, &base).await.0 == 200).then_some(()) }
+    })
+    .await;
+    assert!(killed.elapsed() < Duration::from_secs(10));
+
+    // It serves checkouts: a pending order of the dead owner is cancelled (its saga resumed
+    // here), and a new buyer gets the unit it released.
+    let (token, id) = &placed[PAID];
+    let (status, body, _) = post_to_owner(
+        &client,
+        [standby.base.as_str(), standby.base.as_str()],
+        token,
+        &format!("/api/v1/orders/{id}/cancel"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = post_to_owner(
+        &client,
+        [standby.base.as_str(), standby.base.as_str()],
+        late,
+        "/api/v1/cart/items",
+        &item,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = post_to_owner(
+        &client,
+        [standby.base.as_str(), standby.base.as_str()],
+        late,
+        "/api/v1/orders",
+        &address(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Stock is conserved: on hand + sold = received, held = the live pending orders.
+    let ((on_hand, held, sold), pending, paid) = ledger(&db, variant_id).await;
+    assert_eq!(on_hand + sold, UNITS as i64, "conserved");
+    assert_eq!(sold, paid, "sold = what paid orders hold");
+    assert_eq!(sold, PAID as i64);
+    assert_eq!(held, pending, "held = what pending orders hold");
+    assert_eq!(held, (UNITS - PAID) as i64);
+    let oversold: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status IN ('pending', 'paid')")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(oversold, UNITS as i64, "never more live orders than units");
+    db.close().await;
+    drop(standby);
+}
