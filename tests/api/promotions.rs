@@ -59,18 +59,12 @@ impl Shop {
 
     async fn get(&self, path: &str) -> Value {
         let response = self.app.get_as(self.token(), path).await;
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert_eq!(status, 200, "GET {path}: {text}");
-        serde_json::from_str(&text).unwrap()
+        ok_json(response, &format!("GET {path}")).await
     }
 
     async fn patch(&self, path: &str, body: &Value) -> Value {
         let response = self.app.patch_json_as(self.token(), path, body).await;
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert_eq!(status, 200, "PATCH {path}: {text}");
-        serde_json::from_str(&text).unwrap()
+        ok_json(response, &format!("PATCH {path}")).await
     }
 
     async fn count(&self, table: &str) -> i64 {
@@ -79,6 +73,19 @@ impl Shop {
             .await
             .unwrap()
     }
+}
+
+/// The body of a 200, which `request` must have been answered with.
+async fn ok_json(response: reqwest::Response, request: &str) -> Value {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 200, "{request}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The path of what was created under `collection`.
+fn path_of(collection: &str, created: &Value) -> String {
+    format!("{collection}/{}", created["id"].as_str().unwrap())
 }
 
 fn spring10() -> Value {
@@ -131,8 +138,7 @@ async fn admins_create_read_list_update_and_deactivate_coupons() {
     );
     assert_eq!(mugs_off["active"], false);
 
-    let id = mugs_off["id"].as_str().unwrap();
-    let path = format!("{COUPONS}/{id}");
+    let path = path_of(COUPONS, &mugs_off);
     assert_eq!(shop.get(&path).await, mugs_off);
 
     // Newest first, with the total; pages of one.
@@ -173,7 +179,7 @@ async fn admins_create_read_list_update_and_deactivate_coupons() {
     assert_eq!(shop.get(&path).await, patched);
 
     // An order-wide coupon becomes a product coupon when it names what it applies to.
-    let order_path = format!("{COUPONS}/{}", order_wide["id"].as_str().unwrap());
+    let order_path = path_of(COUPONS, &order_wide);
     let narrowed = shop
         .patch(
             &order_path,
@@ -287,7 +293,7 @@ async fn each_invalid_coupon_is_a_422_naming_the_field_and_writes_nothing() {
     let coupon = shop
         .create(COUPONS, &with(json!({"kind": "fixed", "value": 2500})))
         .await;
-    let path = format!("{COUPONS}/{}", coupon["id"].as_str().unwrap());
+    let path = path_of(COUPONS, &coupon);
     let patches = [
         // A fixed 25.00 cannot become 2500 percent.
         (json!({"kind": "percent"}), vec!["value"]),
@@ -333,7 +339,7 @@ async fn a_code_taken_in_another_case_is_a_409() {
     let mut other = spring10();
     other["code"] = json!("SUMMER");
     let summer = shop.create(COUPONS, &other).await;
-    let path = format!("{COUPONS}/{}", summer["id"].as_str().unwrap());
+    let path = path_of(COUPONS, &summer);
     let renamed = shop
         .app
         .patch_json_as(shop.token(), &path, &json!({"code": "Spring10"}))
@@ -385,7 +391,7 @@ async fn admins_create_list_update_and_deactivate_gift_rules() {
     assert_eq!(list["total"], 2);
     assert_eq!(list["items"], json!([with_mug, over_50]));
 
-    let path = format!("{GIFT_RULES}/{}", over_50["id"].as_str().unwrap());
+    let path = path_of(GIFT_RULES, &over_50);
     let patched = shop
         .patch(&path, &json!({"gift_quantity": 3, "min_order_total": null}))
         .await;
@@ -462,7 +468,7 @@ async fn each_invalid_gift_rule_is_a_422_naming_the_field_and_writes_nothing() {
     );
 
     let rule = shop.create(GIFT_RULES, &valid).await;
-    let path = format!("{GIFT_RULES}/{}", rule["id"].as_str().unwrap());
+    let path = path_of(GIFT_RULES, &rule);
     for (patch, fields) in [
         (json!({"gift_quantity": 0}), vec!["gift_quantity"]),
         (json!({"gift_variant_id": nowhere}), vec!["gift_variant_id"]),

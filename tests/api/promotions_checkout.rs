@@ -31,6 +31,29 @@ async fn cart(app: &TestApp, who: &Session) -> Value {
         .unwrap()
 }
 
+/// Sets the quantity of a cart line; the cart as it then is.
+async fn set_quantity(app: &TestApp, who: &Session, line: &str, quantity: i64) -> Value {
+    app.patch_json_as(
+        &who.access_token,
+        &format!("/api/v1/cart/items/{line}"),
+        &json!({"quantity": quantity}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
+/// The gift lines of a cart or an order.
+fn gift_lines(lines_of: &Value) -> Vec<&Value> {
+    lines_of["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|line| line["gift"] == true)
+        .collect()
+}
+
 async fn refused(response: reqwest::Response, reason: &str) -> Value {
     let body = assert_problem(response, 422).await;
     assert_eq!(body["reason"], reason, "{body}");
@@ -41,14 +64,39 @@ fn order_coupon(code: &str, kind: &str, value: i64) -> Value {
     json!({"code": code, "kind": kind, "value": value, "scope": "order", "active": true})
 }
 
+/// An order-wide coupon that can be used `usage_limit` times in all.
+fn limited_coupon(code: &str, kind: &str, value: i64, usage_limit: i32) -> Value {
+    let mut body = order_coupon(code, kind, value);
+    body["usage_limit"] = json!(usage_limit);
+    body
+}
+
+/// The id of what an admin route created.
+fn id_of(created: &Value) -> Uuid {
+    Uuid::parse_str(created["id"].as_str().unwrap()).unwrap()
+}
+
+/// A new customer with `quantity` of `variant` in the cart.
+async fn customer_with_cart(app: &TestApp, variant: &str, quantity: i64) -> Session {
+    let customer = app.login_as_customer().await;
+    fill_cart(app, &customer, variant, quantity).await;
+    customer
+}
+
+/// A new customer with `quantity` of `variant` in the cart and the coupon `code` applied to it.
+async fn customer_with_coupon(app: &TestApp, variant: &str, quantity: i64, code: &str) -> Session {
+    let customer = customer_with_cart(app, variant, quantity).await;
+    assert_eq!(apply(app, &customer, code).await.status(), 200, "{code}");
+    customer
+}
+
 #[tokio::test]
 async fn ten_percent_off_25_times_19_99_is_exactly_49_98_in_the_cart_and_at_stripe() {
     let (app, stripe) = stripe_app(|_| {}).await;
     let admin = app.login_as_admin().await;
     let mug = variant(&app, &admin, "MUG-1999", 1999, 100).await;
     coupon(&app, &admin, order_coupon("TENOFF", "percent", 10)).await;
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 25).await;
+    let customer = customer_with_cart(&app, &mug, 25).await;
     let applied: Value = apply(&app, &customer, "tenoff").await.json().await.unwrap();
     assert_eq!(applied["subtotal"], 49975);
     assert_eq!(applied["discount_total"], 4998);
@@ -150,8 +198,7 @@ async fn a_product_coupon_leaves_other_lines_untouched_and_follows_the_category_
                "category_ids": [parent["id"]], "active": true}),
     )
     .await;
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug_variant, 1).await;
+    let customer = customer_with_cart(&app, &mug_variant, 1).await;
     fill_cart(&app, &customer, &pen, 2).await;
     let priced: Value = apply(&app, &customer, "KITCHEN20")
         .await
@@ -221,17 +268,10 @@ async fn every_refusal_has_its_reason_and_unknown_and_inactive_codes_look_alike(
         )
         .await;
     assert!(deleted.status().is_success());
-    let used_up = coupon(
-        &app,
-        &admin,
-        json!({"code": "ONCE", "kind": "percent", "value": 10, "scope": "order",
-               "usage_limit": 1, "active": true}),
-    )
-    .await;
+    let used_up = coupon(&app, &admin, limited_coupon("ONCE", "percent", 10, 1)).await;
     let _ = other;
 
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 1).await;
+    let customer = customer_with_cart(&app, &mug, 1).await;
     refused(apply(&app, &customer, "OLD").await, "expired").await;
     refused(apply(&app, &customer, "SOON").await, "not_started").await;
     refused(
@@ -244,9 +284,7 @@ async fn every_refusal_has_its_reason_and_unknown_and_inactive_codes_look_alike(
     let inactive = refused(apply(&app, &customer, "SWITCHEDOFF").await, "unknown").await;
     assert_eq!(unknown, inactive, "no enumeration: the same body");
     // The one use of ONCE taken by another customer's order.
-    let first = app.login_as_customer().await;
-    fill_cart(&app, &first, &mug, 1).await;
-    assert_eq!(apply(&app, &first, "ONCE").await.status(), 200);
+    let first = customer_with_coupon(&app, &mug, 1, "ONCE").await;
     assert_eq!(checkout(&app, &first).await.status(), 201);
     let _ = used_up;
     refused(apply(&app, &customer, "ONCE").await, "usage_limit_reached").await;
@@ -290,23 +328,12 @@ async fn a_coupon_that_stops_applying_stays_on_the_cart_with_its_reason() {
                "min_order_total": 2000, "active": true}),
     )
     .await;
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 2).await;
-    assert_eq!(apply(&app, &customer, "OVER20").await.status(), 200);
+    let customer = customer_with_coupon(&app, &mug, 2, "OVER20").await;
     let line = cart(&app, &customer).await["items"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let below: Value = app
-        .patch_json_as(
-            &customer.access_token,
-            &format!("/api/v1/cart/items/{line}"),
-            &json!({"quantity": 1}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let below = set_quantity(&app, &customer, &line, 1).await;
     assert_eq!(below["coupon"]["code"], "OVER20");
     assert_eq!(below["coupon"]["applied"], false);
     assert_eq!(below["coupon"]["reason"], "min_order_not_met");
@@ -322,19 +349,10 @@ async fn two_hundred_checkouts_for_a_coupon_limited_to_ten_make_exactly_ten_disc
     let app = TestApp::spawn().await;
     let admin = app.login_as_admin().await;
     let mug = variant(&app, &admin, "RUSH", 1000, 1000).await;
-    let rush = coupon(
-        &app,
-        &admin,
-        json!({"code": "RUSH10", "kind": "percent", "value": 50, "scope": "order",
-               "usage_limit": 10, "active": true}),
-    )
-    .await;
+    let rush = coupon(&app, &admin, limited_coupon("RUSH10", "percent", 50, 10)).await;
     let mut customers = Vec::new();
     for _ in 0..200 {
-        let customer = app.login_as_customer().await;
-        fill_cart(&app, &customer, &mug, 1).await;
-        assert_eq!(apply(&app, &customer, "RUSH10").await.status(), 200);
-        customers.push(customer);
+        customers.push(customer_with_coupon(&app, &mug, 1, "RUSH10").await);
     }
     let answers = futures::future::join_all(customers.iter().map(|c| checkout(&app, c))).await;
     let mut made = 0;
@@ -352,7 +370,7 @@ async fn two_hundred_checkouts_for_a_coupon_limited_to_ten_make_exactly_ten_disc
     let discounted: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orders WHERE coupon_id = $1 AND discount_total = 500",
     )
-    .bind(Uuid::parse_str(rush["id"].as_str().unwrap()).unwrap())
+    .bind(id_of(&rush))
     .fetch_one(&app.db)
     .await
     .unwrap();
@@ -374,23 +392,14 @@ async fn cancel_releases_the_use_and_payment_commits_it() {
     let (app, _stripe) = stripe_app(|_| {}).await;
     let admin = app.login_as_admin().await;
     let mug = variant(&app, &admin, "SOLO", 1000, 10).await;
-    let solo = coupon(
-        &app,
-        &admin,
-        json!({"code": "SOLO", "kind": "fixed", "value": 100, "scope": "order",
-               "usage_limit": 1, "active": true}),
-    )
-    .await;
-    let coupon_id = Uuid::parse_str(solo["id"].as_str().unwrap()).unwrap();
-    let first = app.login_as_customer().await;
-    fill_cart(&app, &first, &mug, 1).await;
-    apply(&app, &first, "SOLO").await;
+    let solo = coupon(&app, &admin, limited_coupon("SOLO", "fixed", 100, 1)).await;
+    let coupon_id = id_of(&solo);
+    let first = customer_with_coupon(&app, &mug, 1, "SOLO").await;
     let order: Value = checkout(&app, &first).await.json().await.unwrap();
     let id = order["id"].as_str().unwrap();
     assert_eq!(order["total"], 900);
     // The one use is held: nobody else gets it.
-    let second = app.login_as_customer().await;
-    fill_cart(&app, &second, &mug, 1).await;
+    let second = customer_with_cart(&app, &mug, 1).await;
     refused(apply(&app, &second, "SOLO").await, "usage_limit_reached").await;
     // Cancelled: the use is back, and the second customer takes it and pays.
     app.post_json_as(
@@ -441,8 +450,7 @@ async fn a_gift_line_comes_and_goes_with_its_rule_and_cannot_be_touched() {
         )
         .await;
     let rule_id = rule["id"].as_str().unwrap().to_owned();
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 1).await;
+    let customer = customer_with_cart(&app, &mug, 1).await;
     let below = cart(&app, &customer).await;
     assert_eq!(
         below["items"].as_array().unwrap().len(),
@@ -451,13 +459,9 @@ async fn a_gift_line_comes_and_goes_with_its_rule_and_cannot_be_touched() {
     );
     fill_cart(&app, &customer, &mug, 1).await;
     let above = cart(&app, &customer).await;
-    let gift = above["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["gift"] == true)
-        .cloned()
-        .expect("the gift line");
+    let gifts = gift_lines(&above);
+    assert_eq!(gifts.len(), 1, "{above}");
+    let gift = gifts[0];
     assert_eq!(gift["variant_id"], pen.as_str());
     assert_eq!(gift["unit_price"], 0);
     assert_eq!(gift["id"], rule_id.as_str());
@@ -482,43 +486,22 @@ async fn a_gift_line_comes_and_goes_with_its_rule_and_cannot_be_touched() {
     .await;
     // Checkout carries it and holds its stock.
     let order: Value = checkout(&app, &customer).await.json().await.unwrap();
-    let gifts: Vec<&Value> = order["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["gift"] == true)
-        .collect();
-    assert_eq!(gifts.len(), 1);
+    assert_eq!(gift_lines(&order).len(), 1, "{order}");
     assert_eq!(
         app.stock_ledger(Uuid::parse_str(&pen).unwrap()).await,
         (1, 1, 0)
     );
 
     // The only pen is held: the next customer's checkout goes ahead without the gift.
-    let next = app.login_as_customer().await;
-    fill_cart(&app, &next, &mug, 2).await;
-    assert!(
-        cart(&app, &next).await["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["gift"] == true)
-    );
+    let next = customer_with_cart(&app, &mug, 2).await;
+    assert_eq!(gift_lines(&cart(&app, &next).await).len(), 1);
     let without: Value = checkout(&app, &next).await.json().await.unwrap();
-    assert!(
-        without["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["gift"] == false),
-        "{without}"
-    );
+    assert!(gift_lines(&without).is_empty(), "{without}");
     let said = without["status_history"][0]["reason"].as_str().unwrap();
     assert!(said.contains("gift"), "the order says so: {said}");
 
     // Dropping below the threshold removes the line.
-    let later = app.login_as_customer().await;
-    fill_cart(&app, &later, &mug, 2).await;
+    let later = customer_with_cart(&app, &mug, 2).await;
     let line = cart(&app, &later).await["items"]
         .as_array()
         .unwrap()
@@ -528,23 +511,8 @@ async fn a_gift_line_comes_and_goes_with_its_rule_and_cannot_be_touched() {
         .as_str()
         .unwrap()
         .to_owned();
-    let reduced: Value = app
-        .patch_json_as(
-            &later.access_token,
-            &format!("/api/v1/cart/items/{line}"),
-            &json!({"quantity": 1}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        reduced["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["gift"] == false)
-    );
+    let reduced = set_quantity(&app, &later, &line, 1).await;
+    assert!(gift_lines(&reduced).is_empty(), "{reduced}");
 }
 
 /// A coupon worth the whole cart: the order costs 0, asks the provider for nothing, and is paid
@@ -554,16 +522,8 @@ async fn a_free_order_is_paid_at_once_without_a_payment_intent() {
     let (app, stripe) = stripe_app(|_| {}).await;
     let admin = app.login_as_admin().await;
     let mug = variant(&app, &admin, "FREE-MUG", 1200, 5).await;
-    let gift_card = coupon(
-        &app,
-        &admin,
-        json!({"code": "ALLOFIT", "kind": "fixed", "value": 5000, "scope": "order",
-               "usage_limit": 5, "active": true}),
-    )
-    .await;
-    let customer = app.login_as_customer().await;
-    fill_cart(&app, &customer, &mug, 2).await;
-    assert_eq!(apply(&app, &customer, "ALLOFIT").await.status(), 200);
+    let gift_card = coupon(&app, &admin, limited_coupon("ALLOFIT", "fixed", 5000, 5)).await;
+    let customer = customer_with_coupon(&app, &mug, 2, "ALLOFIT").await;
     let order: Value = checkout(&app, &customer).await.json().await.unwrap();
     let id = order["id"].as_str().unwrap();
     assert_eq!(order["total"], 0);
@@ -574,7 +534,7 @@ async fn a_free_order_is_paid_at_once_without_a_payment_intent() {
         app.stock_ledger(Uuid::parse_str(&mug).unwrap()).await,
         (3, 0, 2)
     );
-    let coupon_id = Uuid::parse_str(gift_card["id"].as_str().unwrap()).unwrap();
+    let coupon_id = id_of(&gift_card);
     let status: String =
         sqlx::query_scalar("SELECT status FROM coupon_redemptions WHERE coupon_id = $1")
             .bind(coupon_id)
