@@ -1,15 +1,22 @@
-//! The command line: `shop serve` (the default), `shop migrate`, and the admin commands that later
-//! domains add.
+//! The command line: `shop serve` (the default), `shop migrate`, and the admin commands: accounts,
+//! demo data, and the on-call reports (`reconcile`, `outbox`, `refunds`).
+//!
+//! Exit codes: 0 done (for `reconcile`: every variant reconciles); 1 the command could not run
+//! (configuration, database, broker), with the reason on stderr; 2 `reconcile` found variants that
+//! do not add up, named in the table it prints.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use secrecy::SecretString;
 
-use crate::config::Settings;
+use crate::config::{JobsBackend, Settings};
 use crate::identity::service::Identity;
 use crate::identity::{Email, NewPassword, UserName};
+use crate::messaging::broker::Topology;
 use crate::startup::{Application, shutdown_signal};
-use crate::{db, telemetry};
+use crate::{db, oncall, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(name = "shop", version, about = "E-commerce backend")]
@@ -42,12 +49,33 @@ pub enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Check stock conservation per variant and print on hand / held / sold. Exits 2 when a
+    /// variant does not reconcile (the README's Commands section says what is checked).
+    Reconcile,
+    /// Print the outbox: messages pending per topic, the oldest one's age, and dead letters.
+    Outbox,
+    /// Print the refunds owed: decided, not yet taken by the payment provider.
+    Refunds,
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// A reconciliation mismatch: distinct from 1 (could not run) so a cron job can tell them apart.
+const EXIT_MISMATCH: u8 = 2;
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load()?;
     telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Reconcile => return reconcile(&settings).await,
+        Command::Outbox => outbox(&settings).await?,
+        Command::Refunds => refunds(&settings).await?,
+        command => run_service(settings, command).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_service(settings: Settings, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Reconcile | Command::Outbox | Command::Refunds => Ok(()),
         Command::Serve => serve(settings).await,
         Command::Migrate => {
             let pool = db::prepare(&settings.database).await?;
@@ -77,6 +105,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The on-call commands read what is there: no database is created, no migration applied.
+async fn read_only_pool(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    db::connect(&settings.database)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))
+}
+
+#[allow(clippy::print_stdout)]
+async fn reconcile(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let pool = read_only_pool(settings).await?;
+    let reconciliation = oncall::reconcile(&pool).await?;
+    pool.close().await;
+    print!("{}", oncall::reconciliation_table(&reconciliation));
+    let mismatched: Vec<_> = reconciliation.mismatched().collect();
+    println!(
+        "{} variant(s), {} mismatched",
+        reconciliation.variants.len(),
+        mismatched.len()
+    );
+    if mismatched.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for variant in &mismatched {
+        eprintln!(
+            "shop: variant {} ({}) does not reconcile: {}",
+            variant.sku,
+            variant.variant_id,
+            variant.problems.join("; ")
+        );
+    }
+    Ok(ExitCode::from(EXIT_MISMATCH))
+}
+
+#[allow(clippy::print_stdout)]
+async fn outbox(settings: &Settings) -> anyhow::Result<()> {
+    let pool = read_only_pool(settings).await?;
+    let topics = oncall::outbox(&pool).await?;
+    pool.close().await;
+    let pending: i64 = topics.iter().map(|t| t.pending).sum();
+    let dead: i64 = topics.iter().map(|t| t.dead_lettered).sum();
+    print!("{}", oncall::outbox_table(&topics));
+    println!("outbox: {pending} pending, {dead} dead-lettered by the in-process dispatcher");
+    if settings.jobs.backend == JobsBackend::Rabbitmq {
+        let topology = Topology::from_settings(&settings.amqp);
+        let depth = topology
+            .dead_letter_depth()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the dead-letter queue: {e}"))?;
+        println!(
+            "RabbitMQ dead-letter queue {}: {depth} message(s)",
+            topology.dead_letter_queue
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn refunds(settings: &Settings) -> anyhow::Result<()> {
+    let pool = read_only_pool(settings).await?;
+    let owed = oncall::owed_refunds(&pool).await?;
+    pool.close().await;
+    print!("{}", oncall::refunds_table(&owed));
+    println!("{} refund(s) owed", owed.len());
+    Ok(())
 }
 
 async fn create_admin(

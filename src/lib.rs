@@ -14,6 +14,7 @@ pub mod identity;
 pub mod lease;
 pub mod media;
 pub mod messaging;
+pub mod oncall;
 pub mod orders;
 pub mod payments;
 pub mod promotions;

@@ -126,6 +126,29 @@ impl Topology {
         within(self.timeout, declare).await
     }
 
+    /// Messages waiting in the dead-letter queue (a passive declare: nothing is created). For
+    /// `shop outbox`; the queue exists once the shop has run against this broker.
+    pub async fn dead_letter_depth(&self) -> Result<u32, BrokerError> {
+        let connection = self.connect().await?;
+        let depth = async {
+            let channel = connection.create_channel().await?;
+            let queue = channel
+                .queue_declare(
+                    self.dead_letter_queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>(queue.message_count())
+        };
+        let depth = within(self.timeout, depth).await;
+        let _ = connection.close(200, "shop outbox".into()).await;
+        depth
+    }
+
     /// Readiness: a connection can be opened now.
     pub async fn check(&self) -> Result<(), BrokerError> {
         let connection = self.connect().await?;

@@ -256,3 +256,178 @@ async fn seed_demo_fills_a_catalog_once() {
     );
     pool.close().await;
 }
+
+/// Runs `shop <args>` against `database`: (exit code, stdout, stderr).
+async fn run_shop(database: &TestDatabase, args: &[&str]) -> (i32, String, String) {
+    let mut command = shop(database);
+    command.args(args);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        output.status.code().expect("an exit code, not a signal"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The table row of `needle` (a SKU, an order number) split into cells.
+fn row_of(table: &str, needle: &str) -> Vec<String> {
+    let line = table
+        .lines()
+        .find(|line| line.split_whitespace().any(|cell| cell == needle))
+        .unwrap_or_else(|| panic!("no row for {needle} in\n{table}"));
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn reconcile_passes_on_a_consistent_shop_and_names_the_variant_that_does_not_add_up() {
+    use crate::orders::{checkout, fill_cart, stripe_app, variant, wait_status};
+    let (app, _stripe) = stripe_app(|_| {}).await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "RECON-MUG", 1250, 10).await;
+    // One paid order of 2, one pending order of 1.
+    let buyer = app.login_as_customer().await;
+    fill_cart(&app, &buyer, &mug, 2).await;
+    let paid: Value = checkout(&app, &buyer).await.json().await.unwrap();
+    let paid_id = paid["id"].as_str().unwrap();
+    let response = app
+        .post_json_as(
+            &buyer.access_token,
+            &format!("/api/v1/orders/{paid_id}/pay"),
+            &json!({"payment_method": "pm_card_visa"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    wait_status(&app, &buyer, paid_id, "paid").await;
+    let waiter = app.login_as_customer().await;
+    fill_cart(&app, &waiter, &mug, 1).await;
+    assert_eq!(checkout(&app, &waiter).await.status(), 201);
+
+    let (code, stdout, stderr) = run_shop(&app.database, &["reconcile"]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        row_of(&stdout, "RECON-MUG"),
+        ["RECON-MUG", &mug, "8", "1", "2", "ok"],
+        "on hand 10 - 2 sold, 1 held, 2 sold"
+    );
+    assert!(stdout.contains("0 mismatched"), "{stdout}");
+
+    // A hold for an order that does not exist.
+    sqlx::query(
+        "INSERT INTO stock_reservations (id, owner_id, variant_id, quantity, expires_at)
+         VALUES ($1, $2, $3, 3, now() + interval '1 hour')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(uuid::Uuid::new_v4())
+    .bind(uuid::Uuid::parse_str(&mug).unwrap())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (code, stdout, stderr) = run_shop(&app.database, &["reconcile"]).await;
+    assert_eq!(code, 2, "a mismatch exits 2: {stdout}{stderr}");
+    assert!(stdout.contains("1 mismatched"), "{stdout}");
+    let row = row_of(&stdout, "RECON-MUG").join(" ");
+    assert!(
+        row.contains("MISMATCH: 3 held for no pending order"),
+        "{row}"
+    );
+    assert!(
+        stderr.contains(&format!("RECON-MUG ({mug}) does not reconcile")),
+        "{stderr}"
+    );
+    sqlx::query("DELETE FROM stock_reservations WHERE owner_id <> ALL($1)")
+        .bind(
+            sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM orders")
+                .fetch_all(&app.db)
+                .await
+                .unwrap(),
+        )
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(run_shop(&app.database, &["reconcile"]).await.0, 0);
+
+    // Sold units the paid order's lines do not account for.
+    sqlx::query("UPDATE stock_reservations SET quantity = 5 WHERE status = 'committed'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (code, stdout, _) = run_shop(&app.database, &["reconcile"]).await;
+    assert_eq!(code, 2);
+    let row = row_of(&stdout, "RECON-MUG").join(" ");
+    assert!(
+        row.contains("5 sold by the inventory, 2 by sold orders' lines"),
+        "{row}"
+    );
+}
+
+#[tokio::test]
+async fn refunds_lists_the_owed_refunds_and_outbox_counts_pending_and_dead_letters() {
+    let app = TestApp::spawn().await;
+    let (code, stdout, stderr) = run_shop(&app.database, &["refunds"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("0 refund(s) owed"), "{stdout}");
+
+    let customer = app.login_as_customer().await;
+    let order_id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO orders (id, number, user_id, status, subtotal, total, currency,
+                             shipping_address, expires_at, payment_provider)
+         VALUES ($1, 'SO-OWED-1', $2, 'cancelled', 4200, 4200, 'usd', '{}', now(), 'simulated')",
+    )
+    .bind(order_id)
+    .bind(customer.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // Not due for a day: the running app's refund worker leaves it alone.
+    sqlx::query(
+        "INSERT INTO refunds (id, order_id, seq, intent_id, amount, currency, reason, dedup_key,
+                              attempts, next_attempt_at, last_error)
+         VALUES ($1, $2, 1, 'pi_owed', 4200, 'usd', 'late_payment', 'payment:pi_owed', 3,
+                 now() + interval '1 day', 'provider unavailable')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(order_id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (code, stdout, stderr) = run_shop(&app.database, &["refunds"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 refund(s) owed"), "{stdout}");
+    let row = row_of(&stdout, "SO-OWED-1").join(" ");
+    for cell in [
+        order_id.to_string().as_str(),
+        "$42.00",
+        "late_payment",
+        " 3 ",
+        "provider unavailable",
+    ] {
+        assert!(row.contains(cell), "{cell:?} missing from {row:?}");
+    }
+
+    // One row waiting (never due), one given up on by the in-process dispatcher.
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, payload, available_at, attempts, last_error)
+         VALUES ($1, 'order.oncall', '{}', now() + interval '1 day', 2, 'smtp down')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, payload, published_at, attempts, last_error)
+         VALUES ($1, 'order.oncall', '{}', now(), 5, 'dead-lettered: after 5 attempt(s): 550')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (code, stdout, stderr) = run_shop(&app.database, &["outbox"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let row = row_of(&stdout, "order.oncall");
+    assert_eq!(row[..3], ["order.oncall", "1", "1"], "pending, retrying");
+    assert_eq!(row.last().unwrap(), "1", "dead-lettered: {stdout}");
+    assert!(stdout.contains("1 pending, 1 dead-lettered"), "{stdout}");
+}
