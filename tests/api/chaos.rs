@@ -14,8 +14,6 @@
 )]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,7 +26,7 @@ use shop_stripe_testserver::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{TestDatabase, eventually, metric_value};
+use crate::helpers::{ShopProcess, TestDatabase, eventually, metric_value};
 
 const CUSTOMERS: usize = 200;
 const VARIANTS: usize = 8;
@@ -40,63 +38,26 @@ const ADMIN_EMAIL: &str = "chaos-admin@example.com";
 const ADMIN_PASSWORD: &str = "chaos-admin-password-1";
 const PASSWORD: &str = "chaos-customer-password-1";
 
-/// The shop binary, started and killed like an operator would.
-struct Shop {
-    child: Child,
-    base: String,
-}
-
-impl Shop {
-    fn start(database: &TestDatabase, port: u16, stripe: &str, emails: &std::path::Path) -> Self {
-        let log = std::fs::File::create(emails.with_extension("log")).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shop"))
-            .env("SHOP_ENV", "test")
-            .env("DATABASE_URL", &database.url)
-            .env("SHOP__SERVER__PORT", port.to_string())
-            .env("SHOP__RATE_LIMIT__ENABLED", "false")
-            .env("SHOP__PAYMENTS__PROVIDER", "stripe")
-            .env("SHOP__STRIPE__SECRET_KEY", SECRET_KEY)
-            .env("SHOP__STRIPE__WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .env("SHOP__STRIPE__API_BASE", stripe)
-            .env("SHOP__CHECKOUT__RESERVATION_TTL_SECS", TTL_SECS.to_string())
-            .env("SHOP__EMAIL__BACKEND", "file")
-            .env("SHOP__EMAIL__FILE_DIR", emails)
-            .env("SHOP__BOOTSTRAP__ADMIN_EMAIL", ADMIN_EMAIL)
-            .env("SHOP__BOOTSTRAP__ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("SHOP__LOG__LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("the shop binary starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = lines
-            .find_map(|line| {
-                let line = line.ok()?;
-                let start = line.find("http://")?;
-                Some(line[start..].split_whitespace().next()?.to_owned())
-            })
-            .expect("a listening line");
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base }
-    }
-
-    fn kill_9(&mut self) {
-        let killed = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The shop binary on Stripe's test server, with short reservations and emails as files.
+fn start_shop(
+    database: &TestDatabase,
+    port: u16,
+    stripe: &str,
+    emails: &std::path::Path,
+) -> ShopProcess {
+    let env = [
+        ("SHOP__SERVER__PORT", port.to_string()),
+        ("SHOP__PAYMENTS__PROVIDER", "stripe".to_owned()),
+        ("SHOP__STRIPE__SECRET_KEY", SECRET_KEY.to_owned()),
+        ("SHOP__STRIPE__WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        ("SHOP__STRIPE__API_BASE", stripe.to_owned()),
+        ("SHOP__CHECKOUT__RESERVATION_TTL_SECS", TTL_SECS.to_string()),
+        ("SHOP__EMAIL__BACKEND", "file".to_owned()),
+        ("SHOP__EMAIL__FILE_DIR", emails.display().to_string()),
+        ("SHOP__BOOTSTRAP__ADMIN_EMAIL", ADMIN_EMAIL.to_owned()),
+        ("SHOP__BOOTSTRAP__ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+    ];
+    ShopProcess::start(database, &env, &emails.with_extension("log"))
 }
 
 /// An HTTP call retried through the restart: connection errors and 502/503 are tried again
@@ -189,7 +150,7 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
     let emails = tempfile::tempdir().unwrap();
     let email_dir = emails.path().join("emails");
     std::fs::create_dir_all(&email_dir).unwrap();
-    let mut shop = Shop::start(&database, port, &stripe.base_url(), &email_dir);
+    let mut shop = start_shop(&database, port, &stripe.base_url(), &email_dir);
     let base = shop.base.clone();
     let client = reqwest::Client::new();
 
@@ -382,7 +343,7 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
     .await;
     shop.kill_9();
     drop(shop);
-    let shop = Shop::start(&database, port, &stripe.base_url(), &email_dir);
+    let shop = start_shop(&database, port, &stripe.base_url(), &email_dir);
     assert_eq!(shop.base, base);
 
     let mut orders = Vec::new();

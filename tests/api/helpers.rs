@@ -606,3 +606,62 @@ impl TestApp {
         .await
     }
 }
+
+/// The real `shop` binary as an operator runs it: configured through the environment (the `test`
+/// profile and `database`, plus `env`), its stderr in `log`, killed with SIGKILL on demand and on
+/// drop.
+pub struct ShopProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:{port}`, from the listening line it prints.
+    pub base: String,
+}
+
+impl ShopProcess {
+    pub fn start(database: &TestDatabase, env: &[(&str, String)], log: &std::path::Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let log = std::fs::File::create(log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
+        command
+            .env("SHOP_ENV", "test")
+            .env("DATABASE_URL", &database.url)
+            .env("SHOP__RATE_LIMIT__ENABLED", "false")
+            .env("SHOP__LOG__LEVEL", "warn");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("the shop binary starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = lines
+            .find_map(|line| {
+                let line = line.ok()?;
+                let start = line.find("http://")?;
+                Some(line[start..].split_whitespace().next()?.to_owned())
+            })
+            .expect("a listening line");
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+
+    pub fn kill_9(&mut self) {
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ShopProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,8 +2,6 @@
 //! the ownership lease runs the tree; the other is a standby (live, not ready, actor routes 503)
 //! that takes over when the owner drains, dies (kill -9) or loses its lease connection.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -11,7 +9,7 @@ use serde_json::{Value, json};
 use shop::http::health::STANDBY;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestDatabase, assert_problem, eventually};
+use crate::helpers::{ShopProcess, TestApp, TestDatabase, assert_problem, eventually};
 use crate::orders::address;
 
 /// `/health/ready` of `base`: (status, body).
@@ -141,62 +139,20 @@ async fn an_owner_that_loses_its_lease_connection_stops_its_tree_and_exits_with_
     standby.stop().await;
 }
 
-/// The shop binary, started like an operator would, logging to `log`.
-struct Shop {
-    child: Child,
-    base: String,
-}
-
 const ADMIN_EMAIL: &str = "lease-admin@example.com";
 const ADMIN_PASSWORD: &str = "lease-admin-password-1";
 const UNITS: usize = 20;
 const BUYERS: usize = 200;
 const PAID: usize = 5;
 
-impl Shop {
-    fn start(database: &TestDatabase, log: &std::path::Path) -> Self {
-        let log = std::fs::File::create(log).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shop"))
-            .env("SHOP_ENV", "test")
-            .env("DATABASE_URL", &database.url)
-            .env("SHOP__SERVER__PORT", "0")
-            .env("SHOP__RATE_LIMIT__ENABLED", "false")
-            .env("SHOP__BOOTSTRAP__ADMIN_EMAIL", ADMIN_EMAIL)
-            .env("SHOP__BOOTSTRAP__ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("SHOP__LOG__LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("the shop binary starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = lines
-            .find_map(|line| {
-                let line = line.ok()?;
-                let start = line.find("http://")?;
-                Some(line[start..].split_whitespace().next()?.to_owned())
-            })
-            .expect("a listening line");
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base }
-    }
-
-    fn kill_9(&mut self) {
-        let killed = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The shop binary, started like an operator would, logging to `log`.
+fn start_shop(database: &TestDatabase, log: &std::path::Path) -> ShopProcess {
+    let env = [
+        ("SHOP__SERVER__PORT", "0".to_owned()),
+        ("SHOP__BOOTSTRAP__ADMIN_EMAIL", ADMIN_EMAIL.to_owned()),
+        ("SHOP__BOOTSTRAP__ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+    ];
+    ShopProcess::start(database, &env, log)
 }
 
 /// POSTs to `first`; a 503 (a standby, or the owner's tree still starting) is tried at `second`,
@@ -297,8 +253,8 @@ async fn two_processes_on_one_database_sell_twenty_units_once_and_the_standby_ta
 {
     let database = TestDatabase::new();
     let logs = tempfile::tempdir().unwrap();
-    let first = Shop::start(&database, &logs.path().join("first.log"));
-    let second = Shop::start(&database, &logs.path().join("second.log"));
+    let first = start_shop(&database, &logs.path().join("first.log"));
+    let second = start_shop(&database, &logs.path().join("second.log"));
     let client = reqwest::Client::new();
 
     // Exactly one owns the tree; the other says it is a standby.
