@@ -6,7 +6,7 @@ use sqlx::{FromRow, PgExecutor, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Fields, Slug, conflict_on, double_option, parse_name};
+use super::{Fields, MAX_DESCRIPTION, Slug, conflict_on, double_option, parse_name, parse_text};
 use crate::error::AppError;
 
 #[derive(Debug, Clone, Serialize, ToSchema, FromRow)]
@@ -31,10 +31,16 @@ pub struct CategoryWithChildren {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCategory {
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// Derived from the name when absent.
+    #[schema(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 200)]
     pub slug: Option<String>,
     pub parent_id: Option<Uuid>,
+    #[schema(max_length = 10_000)]
     pub description: Option<String>,
     pub position: Option<i32>,
 }
@@ -42,14 +48,19 @@ pub struct NewCategory {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CategoryChanges {
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
+    #[schema(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 200)]
     pub slug: Option<String>,
     /// `null` makes it a top-level category.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Uuid>)]
     pub parent_id: Option<Option<Uuid>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 10_000)]
     pub description: Option<Option<String>>,
     pub position: Option<i32>,
 }
@@ -122,6 +133,9 @@ pub async fn create(db: &PgPool, input: NewCategory) -> Result<Category, AppErro
         input.slug.as_deref(),
         &input.name,
     ));
+    if let Some(description) = input.description.as_deref() {
+        fields.check(parse_text("description", description, MAX_DESCRIPTION));
+    }
     if let Some(parent) = input.parent_id
         && !parent_exists(db, parent).await?
     {
@@ -161,6 +175,9 @@ pub async fn update(db: &PgPool, id: Uuid, changes: CategoryChanges) -> Result<C
             .map(|s| s.as_str().to_owned()),
         None => Some(current.slug.clone()),
     };
+    if let Some(Some(description)) = changes.description.as_ref() {
+        fields.check(parse_text("description", description, MAX_DESCRIPTION));
+    }
     let parent_id = changes.parent_id.unwrap_or(current.parent_id);
     if let Some(parent) = parent_id {
         // The new parent may be neither the category itself nor one of its descendants.

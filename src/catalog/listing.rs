@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::ProductStatus;
 use super::products::{PRODUCT_SELECT, Product, ProductRow, attach_images};
-use crate::error::AppError;
+use crate::error::{AppError, FieldError};
 use crate::http::pagination::{PageParams, Paged};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
@@ -28,11 +28,15 @@ pub enum Sort {
 #[into_params(parameter_in = Query)]
 pub struct ProductQuery {
     /// Full-text search over name, description, brand, tags and SKU; tolerates a typo in a name.
+    #[param(max_length = 200)]
     pub q: Option<String>,
     /// Category id or slug; includes its subcategories.
+    #[param(max_length = 200)]
     pub category: Option<String>,
+    #[param(max_length = 200)]
     pub brand: Option<String>,
     /// Comma-separated; a product must have all of them.
+    #[param(max_length = 1_600)]
     pub tags: Option<String>,
     /// Minor units, against the cheapest variant.
     pub min_price: Option<i64>,
@@ -43,7 +47,11 @@ pub struct ProductQuery {
     /// Admins only; customers always see active products.
     pub status: Option<ProductStatus>,
     pub sort: Option<Sort>,
+    /// 1-based page number (default 1; 0 is read as 1).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
     pub page: Option<u32>,
+    /// Items per page (default 20, at most 100; other values are clamped to 1 to 100).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
     pub per_page: Option<u32>,
 }
 
@@ -52,6 +60,25 @@ impl ProductQuery {
         PageParams {
             page: self.page,
             per_page: self.per_page,
+        }
+    }
+
+    /// Refuses a text filter longer than the document allows.
+    pub fn check(&self) -> Result<(), AppError> {
+        let errors: Vec<FieldError> = [
+            ("q", &self.q, 200),
+            ("category", &self.category, 200),
+            ("brand", &self.brand, 200),
+            ("tags", &self.tags, 1_600),
+        ]
+        .into_iter()
+        .filter(|(_, value, max)| value.as_ref().is_some_and(|v| v.chars().count() > *max))
+        .map(|(field, _, max)| FieldError::new(field, format!("must be at most {max} characters")))
+        .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::Validation(errors))
         }
     }
 

@@ -57,11 +57,10 @@ impl Slug {
     }
 }
 
-/// A display name: trimmed, 1 to `max` characters, no control characters.
+/// A display name: at most `max` characters, not blank, no control characters; kept trimmed.
 pub fn parse_name(field: &str, raw: &str, max: usize) -> Result<String, FieldError> {
     let trimmed = raw.trim();
-    let length = trimmed.chars().count();
-    if length == 0 || length > max {
+    if trimmed.is_empty() || raw.chars().count() > max {
         return Err(FieldError::new(
             field,
             format!("must be 1 to {max} characters"),
@@ -98,6 +97,20 @@ pub fn parse_non_negative(field: &str, value: i64, max: i64) -> Result<i64, Fiel
             format!("must be between 0 and {max}"),
         ))
     }
+}
+
+/// The longest description, of a category or a product, in characters.
+pub const MAX_DESCRIPTION: usize = 10_000;
+
+/// A free text (a description): at most `max` characters.
+pub fn parse_text(field: &str, raw: &str, max: usize) -> Result<String, FieldError> {
+    if raw.chars().count() > max {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(raw.to_owned())
 }
 
 /// Collects field errors while a request is parsed, so the client sees all of them at once.

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    Fields, ProductStatus, ProductType, Slug, conflict_on, double_option, parse_money, parse_name,
-    parse_non_negative,
+    Fields, MAX_DESCRIPTION, ProductStatus, ProductType, Slug, conflict_on, double_option,
+    parse_money, parse_name, parse_non_negative, parse_text,
 };
 use crate::error::{AppError, FieldError};
 use futures::future::BoxFuture;
@@ -46,8 +46,11 @@ const CLASHES: &[(&str, &str, &str)] = &[
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default, PartialEq, Eq)]
 pub struct Dimensions {
+    #[schema(minimum = 0)]
     pub length_mm: Option<i32>,
+    #[schema(minimum = 0)]
     pub width_mm: Option<i32>,
+    #[schema(minimum = 0)]
     pub height_mm: Option<i32>,
 }
 
@@ -391,6 +394,7 @@ pub async fn refresh_stock(db: &PgPool, product: &mut Product) -> Result<(), App
 #[serde(deny_unknown_fields)]
 pub struct ComponentInput {
     pub variant_id: Uuid,
+    #[schema(minimum = 1, maximum = 99)]
     pub quantity: i64,
 }
 
@@ -400,24 +404,42 @@ pub struct NewProduct {
     /// `simple` (default), `variable` or `bundle`.
     #[serde(rename = "type", default)]
     pub kind: ProductType,
+    #[schema(
+        max_length = 300,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// Derived from the name when absent.
+    #[schema(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 200)]
     pub slug: Option<String>,
+    #[schema(max_length = 10_000)]
     pub description: Option<String>,
     /// `draft` (default), `active` or `archived`.
     pub status: Option<ProductStatus>,
     pub category_id: Option<Uuid>,
+    #[schema(
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub brand: Option<String>,
     /// Required for simple products and bundles (their default variant's SKU).
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", max_length = 64)]
     pub sku: Option<String>,
+    #[schema(pattern = r"^[A-Za-z0-9]{1,64}$", max_length = 64)]
     pub barcode: Option<String>,
     /// Minor units. Variants without a price of their own sell at this price.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub compare_at_price: Option<i64>,
     /// Simple products only: units on hand.
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub stock: Option<i64>,
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub weight_grams: Option<i64>,
     pub dimensions: Option<Dimensions>,
+    /// At most 30 tags, each 1 to 50 characters without commas (kept in lower case, once each).
+    #[schema(schema_with = tags_schema)]
     pub tags: Option<Vec<String>>,
     /// Bundles only.
     pub components: Option<Vec<ComponentInput>>,
@@ -426,37 +448,46 @@ pub struct NewProduct {
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ProductChanges {
+    #[schema(
+        max_length = 300,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: Option<String>,
+    #[schema(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 200)]
     pub slug: Option<String>,
+    #[schema(max_length = 10_000)]
     pub description: Option<String>,
     pub status: Option<ProductStatus>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Uuid>)]
     pub category_id: Option<Option<Uuid>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 100, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$")]
     pub brand: Option<Option<String>>,
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", max_length = 64)]
     pub sku: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9]{1,64}$", max_length = 64)]
     pub barcode: Option<Option<String>>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price: Option<i64>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub compare_at_price: Option<Option<i64>>,
     /// Simple products only.
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub stock: Option<i64>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 10_000_000)]
     pub weight_grams: Option<Option<i64>>,
     pub dimensions: Option<Dimensions>,
+    #[schema(schema_with = tags_schema)]
     pub tags: Option<Vec<String>>,
     /// Bundles only: replaces the components.
     pub components: Option<Vec<ComponentInput>>,
 }
 
-fn parse_sku(field: &str, raw: &str) -> Result<String, FieldError> {
-    let sku = raw.trim();
+fn parse_sku(field: &str, sku: &str) -> Result<String, FieldError> {
     let valid = (1..=64).contains(&sku.len())
         && sku
             .bytes()
@@ -471,8 +502,7 @@ fn parse_sku(field: &str, raw: &str) -> Result<String, FieldError> {
     }
 }
 
-fn parse_barcode(field: &str, raw: &str) -> Result<String, FieldError> {
-    let barcode = raw.trim();
+fn parse_barcode(field: &str, barcode: &str) -> Result<String, FieldError> {
     if (1..=64).contains(&barcode.len()) && barcode.bytes().all(|b| b.is_ascii_alphanumeric()) {
         Ok(barcode.to_owned())
     } else {
@@ -486,18 +516,34 @@ fn parse_tags(raw: &[String]) -> Result<Vec<String>, FieldError> {
     }
     let mut tags: Vec<String> = Vec::with_capacity(raw.len());
     for tag in raw {
-        let tag = tag.trim().to_lowercase();
-        if tag.is_empty() || tag.chars().count() > 50 || tag.contains(',') {
+        if tag.chars().count() > 50 || tag.trim().is_empty() || tag.contains(',') {
             return Err(FieldError::new(
                 "tags",
                 "each tag is 1 to 50 characters, without commas",
             ));
         }
+        let tag = tag.trim().to_lowercase();
         if !tags.contains(&tag) {
             tags.push(tag);
         }
     }
     Ok(tags)
+}
+
+/// The document's view of [`parse_tags`] (`null` is no tags).
+fn tags_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::SchemaType;
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(50))
+                .pattern(Some(r"^[^,]*[^\s,][^,]*$")),
+        )
+        .max_items(Some(30))
+        .build()
 }
 
 fn parse_dimensions(raw: &Dimensions) -> Result<Dimensions, FieldError> {
@@ -604,6 +650,9 @@ pub async fn create(db: &PgPool, input: NewProduct) -> Result<Product, AppError>
         &input.name,
     ));
     let price = fields.check(parse_money("price", input.price));
+    if let Some(description) = input.description.as_deref() {
+        fields.check(parse_text("description", description, MAX_DESCRIPTION));
+    }
     if let Some(compare_at) = input.compare_at_price {
         fields.check(parse_money("compare_at_price", compare_at));
     }
@@ -752,6 +801,9 @@ pub async fn update(
         Some(price) => fields.check(parse_money("price", price)),
         None => Some(current.price),
     };
+    if let Some(description) = changes.description.as_deref() {
+        fields.check(parse_text("description", description, MAX_DESCRIPTION));
+    }
     let compare_at = match changes.compare_at_price {
         Some(Some(amount)) => fields.check(parse_money("compare_at_price", amount)),
         Some(None) => None,
@@ -977,35 +1029,42 @@ pub async fn archive(db: &PgPool, id: Uuid) -> Result<(), AppError> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewVariant {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", max_length = 64)]
     pub sku: String,
     /// Option values, e.g. `{"size": "M", "color": "red"}`; one variant per combination.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = options_schema)]
     pub options: BTreeMap<String, String>,
     /// Minor units; the product's price when absent.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price: Option<i64>,
     /// Units on hand.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub stock: i64,
+    #[schema(pattern = r"^[A-Za-z0-9]{1,64}$", max_length = 64)]
     pub barcode: Option<String>,
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub weight_grams: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct VariantChanges {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", max_length = 64)]
     pub sku: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = optional_options_schema)]
     pub options: Option<BTreeMap<String, String>>,
     /// `null` falls back to the product's price.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price: Option<Option<i64>>,
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub stock: Option<i64>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9]{1,64}$", max_length = 64)]
     pub barcode: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 10_000_000)]
     pub weight_grams: Option<Option<i64>>,
 }
 
@@ -1015,16 +1074,50 @@ fn parse_options(raw: &BTreeMap<String, String>) -> Result<BTreeMap<String, Stri
     }
     let mut options = BTreeMap::new();
     for (key, value) in raw {
-        let (key, value) = (key.trim().to_lowercase(), value.trim().to_owned());
-        if key.is_empty() || key.len() > 50 || value.is_empty() || value.len() > 100 {
+        let fits = |text: &str, max: usize| !text.trim().is_empty() && text.chars().count() <= max;
+        if !fits(key, 50) || !fits(value, 100) {
             return Err(FieldError::new(
                 "options",
-                "names are 1 to 50 bytes, values 1 to 100",
+                "names are 1 to 50 characters, values 1 to 100",
             ));
         }
-        options.insert(key, value);
+        options.insert(key.trim().to_lowercase(), value.trim().to_owned());
     }
     Ok(options)
+}
+
+/// The document's view of [`parse_options`].
+fn options_schema() -> utoipa::openapi::Object {
+    options_schema_of(utoipa::openapi::Type::Object.into())
+}
+
+/// [`options_schema`] where `null` leaves the options as they are.
+fn optional_options_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::Type;
+    options_schema_of(utoipa::openapi::schema::SchemaType::from_iter([
+        Type::Object,
+        Type::Null,
+    ]))
+}
+
+fn options_schema_of(kind: utoipa::openapi::schema::SchemaType) -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    let text = |max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(max))
+            .pattern(Some(r"\S"))
+            .build()
+    };
+    ObjectBuilder::new()
+        .schema_type(kind)
+        .property_names(Some(text(50)))
+        .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::RefOr(
+            utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(text(100))),
+        )))
+        .min_properties(Some(1))
+        .max_properties(Some(10))
+        .build()
 }
 
 async fn product_kind(db: &PgPool, product: Uuid) -> Result<ProductType, AppError> {

@@ -37,6 +37,7 @@ pub struct AddItem {
     variant_id: Option<Uuid>,
     product_id: Option<Uuid>,
     /// 1 to 99; added to the line's quantity when the variant is already in the cart.
+    #[schema(minimum = 1, maximum = 99)]
     quantity: i64,
 }
 
@@ -44,6 +45,7 @@ pub struct AddItem {
 #[serde(deny_unknown_fields)]
 pub struct UpdateItem {
     /// 0 removes the line.
+    #[schema(minimum = 0, maximum = 99)]
     quantity: i64,
 }
 

@@ -74,7 +74,7 @@ async fn get_category(
 }
 
 /// Create a category (admin). The slug is derived from the name when absent.
-#[utoipa::path(post, path = "/categories", tag = "catalog",
+#[utoipa::path(post, path = "/categories", tags = ["catalog", "admin"],
     request_body = NewCategory, security(("bearer" = [])),
     responses((status = 201, body = Category), (status = 403, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
@@ -89,7 +89,7 @@ async fn create_category(
 }
 
 /// Update a category (admin).
-#[utoipa::path(patch, path = "/categories/{id}", tag = "catalog",
+#[utoipa::path(patch, path = "/categories/{id}", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path)), request_body = CategoryChanges, security(("bearer" = [])),
     responses((status = 200, body = Category), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem),
@@ -106,7 +106,7 @@ async fn update_category(
 }
 
 /// Delete a category (admin); 409 while it has products or subcategories.
-#[utoipa::path(delete, path = "/categories/{id}", tag = "catalog",
+#[utoipa::path(delete, path = "/categories/{id}", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 409, body = Problem)))]
@@ -131,6 +131,7 @@ async fn list_products(
     Query(query): Query<ProductQuery>,
 ) -> Result<Response, AppError> {
     let admin = viewer.0.is_some_and(|user| user.is_admin());
+    query.check()?;
     let query = query.normalized();
     if admin {
         let page = listing::search(&state.db, &query, true).await?;
@@ -192,7 +193,7 @@ async fn get_product(
 
 /// Create a product (admin): simple (with `sku`, `price`, `stock`), variable (variants added
 /// after) or bundle (with `components`).
-#[utoipa::path(post, path = "/products", tag = "catalog",
+#[utoipa::path(post, path = "/products", tags = ["catalog", "admin"],
     request_body = NewProduct, security(("bearer" = [])),
     responses((status = 201, body = Product), (status = 403, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
@@ -208,7 +209,7 @@ async fn create_product(
 
 /// Partly update a product (admin). A simple product's `sku`, `barcode` and `stock` write
 /// through to its default variant.
-#[utoipa::path(patch, path = "/products/{id}", tag = "catalog",
+#[utoipa::path(patch, path = "/products/{id}", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path)), request_body = ProductChanges, security(("bearer" = [])),
     responses((status = 200, body = Product), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem),
@@ -225,7 +226,7 @@ async fn update_product(
 }
 
 /// Archive a product (admin): customers no longer see it; past orders keep their lines.
-#[utoipa::path(delete, path = "/products/{id}", tag = "catalog",
+#[utoipa::path(delete, path = "/products/{id}", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
 async fn archive_product(
@@ -239,7 +240,7 @@ async fn archive_product(
 }
 
 /// Add a variant to a variable product (admin); one per option combination.
-#[utoipa::path(post, path = "/products/{id}/variants", tag = "catalog",
+#[utoipa::path(post, path = "/products/{id}/variants", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path)), request_body = NewVariant, security(("bearer" = [])),
     responses((status = 201, body = Variant), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem),
@@ -256,7 +257,7 @@ async fn add_variant(
 }
 
 /// Update a variant (admin).
-#[utoipa::path(patch, path = "/products/{id}/variants/{variant_id}", tag = "catalog",
+#[utoipa::path(patch, path = "/products/{id}/variants/{variant_id}", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path), ("variant_id" = Uuid, Path)), request_body = VariantChanges,
     security(("bearer" = [])),
     responses((status = 200, body = Variant), (status = 403, body = Problem),
@@ -275,7 +276,7 @@ async fn update_variant(
 }
 
 /// Remove (archive) a variant (admin). A default variant cannot be removed.
-#[utoipa::path(delete, path = "/products/{id}/variants/{variant_id}", tag = "catalog",
+#[utoipa::path(delete, path = "/products/{id}/variants/{variant_id}", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path), ("variant_id" = Uuid, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 409, body = Problem)))]

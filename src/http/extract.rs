@@ -53,28 +53,75 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
 }
 
 /// Deserializes a JSON body, naming the field that failed.
+///
+/// The body is read as JSON first and then given its type, so that two things hold for every
+/// request type at once: a number with no fractional part is an integer whatever its spelling
+/// (`5.0` is `5`, as JSON Schema's `integer` says), and no string, key or value, may hold a NUL
+/// character (PostgreSQL cannot store one).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
+        AppError::bad_request(format!(
+            "Malformed JSON: {}.",
+            strip_position(&error.to_string())
+        ))
+    })?;
+    let mut path = Vec::new();
+    if let Some(field) = normalize(&mut value, &mut path) {
+        return Err(AppError::BadRequest {
+            detail: "A string holds a NUL character.".into(),
+            errors: vec![FieldError::new(field, "must not contain NUL characters")],
+        });
+    }
+    serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
-        let inner = error.into_inner();
-        let message = strip_position(&inner.to_string());
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let (field, message) = name_the_field(&path, message);
-                let errors = vec![FieldError::new(field, message.clone())];
-                if message.starts_with("invalid type") {
-                    AppError::BadRequest {
-                        detail: "A field has the wrong type.".into(),
-                        errors,
-                    }
-                } else {
-                    AppError::Validation(errors)
-                }
+        let message = strip_position(&error.into_inner().to_string());
+        let (field, message) = name_the_field(&path, message);
+        let errors = vec![FieldError::new(field, message.clone())];
+        if message.starts_with("invalid type") {
+            AppError::BadRequest {
+                detail: "A field has the wrong type.".into(),
+                errors,
             }
-            _ => AppError::bad_request(format!("Malformed JSON: {message}.")),
+        } else {
+            AppError::Validation(errors)
         }
     })
+}
+
+/// Turns whole floats into integers in place; answers the path of the first string (or key)
+/// holding a NUL character, if any.
+fn normalize(value: &mut serde_json::Value, path: &mut Vec<String>) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if text.contains('\0') => Some(path.join(".")),
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+                && float.abs() < 9.007_199_254_740_992e15
+            {
+                // Below 2^53 every whole float is exactly an i64.
+                *value = Value::from(float as i64);
+            }
+            None
+        }
+        Value::Array(items) => items.iter_mut().enumerate().find_map(|(index, item)| {
+            path.push(index.to_string());
+            let found = normalize(item, path);
+            path.pop();
+            found
+        }),
+        Value::Object(fields) => fields.iter_mut().find_map(|(key, item)| {
+            path.push(key.clone());
+            let found = if key.contains('\0') {
+                Some(path.join("."))
+            } else {
+                normalize(item, path)
+            };
+            path.pop();
+            found
+        }),
+        _ => None,
+    }
 }
 
 /// serde reports a missing field at its parent's path; name the field itself.
@@ -124,7 +171,8 @@ impl From<QueryRejection> for AppError {
     }
 }
 
-/// `axum::extract::Path` with problem+json rejections.
+/// `axum::extract::Path` with problem+json rejections. A segment that cannot be the id it stands
+/// for (`/orders/0`) names no resource: 404, like an id that does not exist.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Path<T>(pub T);
 
@@ -134,9 +182,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Path(value)),
-            Err(PathRejection::FailedToDeserializePathParams(error)) => {
-                Err(AppError::bad_request(error.body_text()))
-            }
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(AppError::NotFound),
             Err(other) => Err(AppError::Internal(anyhow::anyhow!(
                 "path extraction: {}",
                 other.body_text()

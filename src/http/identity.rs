@@ -36,12 +36,16 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    #[schema(example = "ada@example.com")]
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
     email: String,
-    /// At least 8 characters, at most 1024 bytes.
-    #[schema(value_type = String, format = Password, min_length = 8)]
+    /// 8 to 1024 characters.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 1024)]
     password: SecretString,
-    #[schema(example = "Ada Lovelace")]
+    #[schema(
+        example = "Ada Lovelace",
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     name: String,
 }
 

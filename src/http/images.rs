@@ -35,7 +35,9 @@ pub fn decode_permits() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(2))
 }
 
-#[derive(utoipa::ToSchema)]
+/// The document's view of the multipart body: `file` and nothing else.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct ImageUpload {
     /// A JPEG, PNG or WebP image of at most 5 MiB and 8000 × 8000 pixels.
@@ -48,35 +50,35 @@ async fn read_file(multipart: Result<Multipart, MultipartRejection>) -> Result<V
         AppError::UnsupportedMediaType("Expected multipart/form-data with a `file` field.".into())
     })?;
     let too_large = || AppError::PayloadTooLarge("Images are limited to 5 MiB.".into());
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => return Err(AppError::invalid("file", "is required")),
-            Err(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(too_large());
-            }
-            Err(error) => return Err(AppError::bad_request(error.body_text())),
-        };
-        if field.name() != Some("file") {
-            continue;
+    let unreadable = |error: axum::extract::multipart::MultipartError| {
+        if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            AppError::bad_request(error.body_text())
         }
-        let bytes = field.bytes().await.map_err(|error| {
-            if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
-            } else {
-                AppError::bad_request(error.body_text())
-            }
-        })?;
-        if bytes.len() > MAX_IMAGE_BYTES {
-            return Err(too_large());
-        }
-        return Ok(bytes.to_vec());
+    };
+    // Exactly one field, `file`: anything else in the form is refused, not ignored.
+    let Some(field) = multipart.next_field().await.map_err(unreadable)? else {
+        return Err(AppError::invalid("file", "is required"));
+    };
+    let name = field.name().unwrap_or_default().to_owned();
+    if name != "file" {
+        return Err(AppError::invalid(name, "is not a known field"));
     }
+    let bytes = field.bytes().await.map_err(unreadable)?;
+    if bytes.len() > MAX_IMAGE_BYTES {
+        return Err(too_large());
+    }
+    if let Some(extra) = multipart.next_field().await.map_err(unreadable)? {
+        let name = extra.name().unwrap_or_default().to_owned();
+        return Err(AppError::invalid(name, "is not a known field"));
+    }
+    Ok(bytes.to_vec())
 }
 
 /// Upload an image for a product (admin). The type comes from the bytes (JPEG, PNG or WebP, else
 /// 415), never from the file name; the image is re-encoded, which strips its metadata.
-#[utoipa::path(post, path = "/products/{id}/images", tag = "catalog",
+#[utoipa::path(post, path = "/products/{id}/images", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path)),
     request_body(content = ImageUpload, content_type = "multipart/form-data"),
     security(("bearer" = [])),
@@ -159,7 +161,7 @@ async fn upload_image(
 }
 
 /// Delete a product image (admin), and its stored object.
-#[utoipa::path(delete, path = "/products/{id}/images/{image_id}", tag = "catalog",
+#[utoipa::path(delete, path = "/products/{id}/images/{image_id}", tags = ["catalog", "admin"],
     params(("id" = Uuid, Path), ("image_id" = Uuid, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
 async fn delete_image(

@@ -97,3 +97,20 @@ pub fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Resp
         .detail("An internal error occurred.")
         .into_response()
 }
+
+/// Refuses, with a 400 before any handler runs, a path or query whose percent-decoding holds a
+/// NUL character or is not UTF-8: no route can use such a value, and PostgreSQL cannot store it.
+pub async fn refuse_unreadable_uris(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let readable = |raw: &str| match percent_encoding::percent_decode_str(raw).decode_utf8() {
+        Ok(text) => !text.contains('\0'),
+        Err(_) => false,
+    };
+    if !readable(uri.path()) || !uri.query().is_none_or(readable) {
+        return crate::error::AppError::bad_request(
+            "The path or query string holds a NUL character or is not UTF-8.",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}

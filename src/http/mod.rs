@@ -11,6 +11,7 @@ mod identity;
 pub mod images;
 pub mod metrics;
 pub mod middleware;
+mod openapi;
 mod orders;
 pub mod pagination;
 mod payments;
@@ -119,13 +120,16 @@ fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the whole API.
 pub fn openapi() -> OpenApiDoc {
-    api_router().split_for_parts().1
+    let mut doc = api_router().split_for_parts().1;
+    openapi::finish(&mut doc);
+    doc
 }
 
 /// The application: every route behind the middleware stack.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
-    let (mut routes, api) = api_router().split_for_parts();
+    let (mut routes, mut api) = api_router().split_for_parts();
+    openapi::finish(&mut api);
     routes = routes.merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", api));
     if settings.storage.backend == crate::config::StorageBackend::Local {
         routes = routes.merge(crate::media::media_routes(&settings.storage.local_dir));
@@ -150,6 +154,9 @@ pub fn app(state: AppState) -> Router {
         .layer(cors(&settings.server.cors_allowed_origins))
         .layer(axum::middleware::from_fn(
             middleware::problem_for_bare_errors,
+        ))
+        .layer(axum::middleware::from_fn(
+            middleware::refuse_unreadable_uris,
         ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -178,7 +178,7 @@ async fn cancel_order(
 #[serde(deny_unknown_fields)]
 pub struct PayRequest {
     /// A Stripe test payment method: `pm_card_visa` succeeds, `pm_card_chargeDeclined` declines.
-    #[schema(example = "pm_card_visa")]
+    #[schema(example = "pm_card_visa", max_length = 100, pattern = r"\S")]
     payment_method: String,
 }
 
@@ -205,7 +205,7 @@ async fn pay_order(
         return Err(AppError::NotFound);
     }
     let method = body.payment_method.trim();
-    if method.is_empty() || method.len() > 100 {
+    if method.is_empty() || body.payment_method.chars().count() > 100 {
         return Err(AppError::invalid(
             "payment_method",
             "must be 1 to 100 characters",
@@ -227,7 +227,11 @@ async fn pay_order(
 #[into_params(parameter_in = Query)]
 pub struct AdminOrderQuery {
     status: Option<OrderStatus>,
+    /// 1-based page number (default 1; 0 is read as 1).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
     page: Option<u32>,
+    /// Items per page (default 20, at most 100; other values are clamped to 1 to 100).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
     per_page: Option<u32>,
 }
 

@@ -10,9 +10,11 @@ pub const MAX_PER_PAGE: u32 = 100;
 #[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
-    /// 1-based page number (default 1).
+    /// 1-based page number (default 1; 0 is read as 1).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
     pub page: Option<u32>,
-    /// Items per page (default 20, at most 100; larger values are clamped).
+    /// Items per page (default 20, at most 100; other values are clamped to 1 to 100).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
     pub per_page: Option<u32>,
 }
 

@@ -88,11 +88,10 @@ pub struct UserName(String);
 impl UserName {
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         let trimmed = raw.trim();
-        let length = trimmed.chars().count();
-        if length == 0 {
+        if trimmed.is_empty() {
             return Err(FieldError::new("name", "must not be empty"));
         }
-        if length > 200 {
+        if raw.chars().count() > 200 {
             return Err(FieldError::new("name", "must be at most 200 characters"));
         }
         if trimmed.chars().any(char::is_control) {
@@ -109,12 +108,12 @@ impl UserName {
     }
 }
 
-/// A new password: at least 8 characters and at most 1024 bytes (argon2 work is bounded).
+/// A new password: 8 to 1024 characters (so argon2's work is bounded).
 pub struct NewPassword(secrecy::SecretString);
 
 impl NewPassword {
     pub const MIN_CHARS: usize = 8;
-    pub const MAX_BYTES: usize = 1024;
+    pub const MAX_CHARS: usize = 1024;
 
     pub fn parse(raw: secrecy::SecretString) -> Result<Self, FieldError> {
         use secrecy::ExposeSecret;
@@ -125,10 +124,10 @@ impl NewPassword {
                 format!("must be at least {} characters", Self::MIN_CHARS),
             ));
         }
-        if text.len() > Self::MAX_BYTES {
+        if text.chars().count() > Self::MAX_CHARS {
             return Err(FieldError::new(
                 "password",
-                format!("must be at most {} bytes", Self::MAX_BYTES),
+                format!("must be at most {} characters", Self::MAX_CHARS),
             ));
         }
         Ok(Self(raw))

@@ -33,12 +33,31 @@ use crate::error::AppError;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ShippingAddress {
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub line1: String,
+    /// Left out when blank.
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub line2: Option<String>,
+    #[schema(
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub city: String,
+    #[schema(
+        max_length = 20,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub postal_code: String,
-    /// ISO 3166-1 alpha-2, e.g. `US`.
+    /// ISO 3166-1 alpha-2 in either case, e.g. `US`.
+    #[schema(pattern = r"^[A-Za-z]{2}$", example = "US")]
     pub country: String,
 }
 
@@ -48,12 +67,7 @@ impl ShippingAddress {
         let mut fields = Fields::default();
         let name = fields.check(parse_name("shipping_address.name", &raw.name, 200));
         let line1 = fields.check(parse_name("shipping_address.line1", &raw.line1, 200));
-        let line2 = match raw
-            .line2
-            .as_deref()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-        {
+        let line2 = match raw.line2.as_deref().filter(|l| !l.trim().is_empty()) {
             Some(line) => fields.check(parse_name("shipping_address.line2", line, 200)),
             None => None,
         };
@@ -63,7 +77,7 @@ impl ShippingAddress {
             &raw.postal_code,
             20,
         ));
-        let country = raw.country.trim().to_ascii_uppercase();
+        let country = raw.country.to_ascii_uppercase();
         if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
             fields.error(
                 "shipping_address.country",

@@ -131,7 +131,11 @@ pub struct CouponChanges {
 #[serde(deny_unknown_fields)]
 pub struct NewGiftRule {
     /// 1 to 200 characters.
-    #[schema(min_length = 1, max_length = 200, example = "Free tote over 50.00")]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$",
+        example = "Free tote over 50.00"
+    )]
     pub name: String,
     /// A live (not archived) variant.
     pub gift_variant_id: Uuid,
@@ -155,7 +159,7 @@ pub struct NewGiftRule {
 #[serde(deny_unknown_fields)]
 pub struct GiftRuleChanges {
     #[serde(default, deserialize_with = "non_null")]
-    #[schema(value_type = String, required = false, min_length = 1, max_length = 200)]
+    #[schema(value_type = String, required = false, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$")]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "non_null")]
     #[schema(value_type = Uuid, required = false)]

@@ -213,7 +213,7 @@ async fn admins_create_read_list_update_and_deactivate_coupons() {
         shop.app
             .get_as(shop.token(), &format!("{COUPONS}/not-a-uuid"))
             .await,
-        400,
+        404,
     )
     .await;
 }
