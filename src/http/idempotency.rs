@@ -28,7 +28,7 @@ use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
 use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder, Type};
 use uuid::Uuid;
 
-use crate::error::{AppError, FieldError, PROBLEM_JSON, Problem};
+use crate::error::{AppError, FieldError, PROBLEM_JSON, Problem, ResultExt};
 use crate::http::auth::MaybeAuthUser;
 use crate::state::AppState;
 
@@ -39,7 +39,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
 /// The largest answer kept; a larger one is answered once and its claim released.
 pub const MAX_STORED_BODY: usize = 1024 * 1024;
 /// How often a request that found its key in progress looks again.
-const POLL: Duration = Duration::from_millis(25);
+const POLL: Duration = Duration::from_millis(50);
 /// A claim older than the request timeout plus this was left by a process that died mid-request
 /// (a live one answers, or drops the claim, within the request timeout): it may be taken over.
 const ABANDONED_AFTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -180,8 +180,9 @@ async fn replay_or_run(request: Request, next: Next) -> Result<Response, AppErro
     // the key. Cancelled half-way instead, its effect could still land (a message already in an
     // actor's mailbox) after the key was released, and the retry would have it twice.
     let request = Request::from_parts(parts, Body::from(body));
+    let limit = settings.request_timeout();
     let handler = tokio::spawn(
-        run_and_keep(guard, next, request, route).instrument(tracing::Span::current()),
+        run_and_keep(guard, next, request, route, limit).instrument(tracing::Span::current()),
     );
     match handler.await {
         Ok(answered) => answered,
@@ -193,14 +194,21 @@ async fn replay_or_run(request: Request, next: Next) -> Result<Response, AppErro
     }
 }
 
-/// Runs the handler under the claim and keeps its answer if it is one to keep.
+/// Runs the handler under the claim and keeps its answer if it is one to keep. The handler gets
+/// the request timeout still (so a claim older than that was abandoned by a dead process).
 async fn run_and_keep(
     guard: ClaimGuard,
     next: Next,
     request: Request,
     route: String,
+    limit: Duration,
 ) -> Result<Response, AppError> {
-    let response = next.run(request).await;
+    let Ok(response) = tokio::time::timeout(limit, next.run(request)).await else {
+        guard.release().await;
+        return Err(AppError::Unavailable(format!(
+            "{route} took longer than the request timeout"
+        )));
+    };
     let status = response.status();
     let kept = (status.is_success() || status.is_client_error())
         && status != StatusCode::REQUEST_TIMEOUT
@@ -228,18 +236,9 @@ async fn run_and_keep(
             ));
         }
     };
-    let content_type = match parts.headers.get(header::CONTENT_TYPE) {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|error| AppError::Internal(anyhow::Error::new(error)))?
-                .to_owned(),
-        ),
-        None => None,
-    };
     let answer = Answer {
         status,
-        content_type,
+        content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
         body: bytes,
     };
     if let Err(error) = guard.complete(&answer).await {
@@ -296,10 +295,8 @@ fn replay(answer: Answer, route: &str) -> Response {
     let mut response = Response::new(Body::from(answer.body));
     *response.status_mut() = answer.status;
     let headers = response.headers_mut();
-    if let Some(content_type) = answer.content_type
-        && let Ok(value) = HeaderValue::from_str(&content_type)
-    {
-        headers.insert(header::CONTENT_TYPE, value);
+    if let Some(content_type) = answer.content_type {
+        headers.insert(header::CONTENT_TYPE, content_type);
     }
     headers.insert(REPLAYED.clone(), HeaderValue::from_static("true"));
     response
@@ -323,7 +320,7 @@ struct Fingerprint {
 #[derive(Debug)]
 struct Answer {
     status: StatusCode,
-    content_type: Option<String>,
+    content_type: Option<HeaderValue>,
     body: Bytes,
 }
 
@@ -398,7 +395,10 @@ async fn claim(
     .bind(RETENTION.as_secs_f64())
     .bind(abandoned.as_secs_f64())
     .fetch_optional(db)
-    .await?;
+    .await
+    .on_constraint("idempotency_keys_user_id_fkey", |_| {
+        AppError::Unauthorized("The access token is invalid or expired.")
+    })?;
     if taken == Some(claim) {
         return Ok(Claimed::Ours(claim));
     }
@@ -424,6 +424,14 @@ async fn claim(
                 .and_then(|status| StatusCode::from_u16(status).ok())
                 .ok_or_else(|| {
                     AppError::Internal(anyhow::anyhow!("idempotency_keys.status is {status}"))
+                })?;
+            let content_type = content_type
+                .map(|raw| HeaderValue::try_from(raw.as_str()))
+                .transpose()
+                .map_err(|error| {
+                    AppError::Internal(
+                        anyhow::Error::new(error).context("idempotency_keys.content_type"),
+                    )
                 })?;
             Some(Answer {
                 status,
@@ -466,6 +474,11 @@ impl ClaimGuard {
             return Ok(());
         };
         let status = i16::try_from(answer.status.as_u16())?;
+        let content_type = answer
+            .content_type
+            .as_ref()
+            .map(HeaderValue::to_str)
+            .transpose()?;
         let kept = sqlx::query(
             r#"UPDATE idempotency_keys
                SET state = 'completed', status = $4, content_type = $5, body = $6,
@@ -476,7 +489,7 @@ impl ClaimGuard {
         .bind(&self.entry.key)
         .bind(claim)
         .bind(status)
-        .bind(answer.content_type.as_deref())
+        .bind(content_type)
         .bind(answer.body.as_ref())
         .execute(&self.db)
         .await?

@@ -582,6 +582,25 @@ async fn without_a_bearer_token_the_key_changes_nothing_and_the_answer_is_401() 
         .await
         .unwrap();
     assert_problem(anonymous, 401).await;
+    // A token whose user is gone keys nothing either.
+    let (mug, gone) = shop_with_a_mug(&app, 10).await;
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(gone.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let orphan = request(
+        &app,
+        &gone,
+        Method::POST,
+        "/api/v1/cart/items",
+        Some("orphan-1"),
+        Some(&add_body(&mug, 1)),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_problem(orphan, 401).await;
     assert_eq!(entries(&app).await, 0);
 }
 
