@@ -96,6 +96,9 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     #[serde(default)]
     pub cors_allowed_origins: Vec<String>,
+    /// How long a request whose `Idempotency-Key` is in use by a request still running waits for
+    /// its answer before it is 409 (`src/http/idempotency.rs`); shorter than the request timeout.
+    pub idempotency_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -468,6 +471,13 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "actors.lease_check_ms must be above 0".into(),
             ));
+        }
+        let idempotency_wait = Duration::from_millis(self.server.idempotency_wait_ms);
+        if idempotency_wait.is_zero() || idempotency_wait >= self.request_timeout() {
+            return Err(ConfigError::Invalid(format!(
+                "server.idempotency_wait_ms ({}) must be above 0 and below server.request_timeout_secs ({})",
+                self.server.idempotency_wait_ms, self.server.request_timeout_secs
+            )));
         }
         if self.outbox.batch_size < 1 || self.outbox.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid(

@@ -140,6 +140,11 @@ impl Application {
         let (fatal, mut fatal_rx) = watch::channel(None::<String>);
         // The server → ownership: stop waiting for or watching the lease.
         let (stop, stop_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(http::idempotency::sweep_every(
+            state.db.clone(),
+            http::idempotency::SWEEP_EVERY,
+            stop_rx.clone(),
+        ));
         let keeper = tokio::spawn(keep_ownership(ownership, state.clone(), fatal, stop_rx));
         let serve = axum::serve(
             listener,
@@ -172,6 +177,9 @@ impl Application {
             () = deadline => tracing::warn!(?grace, "in-flight requests outlived the grace period"),
         }
         stop.send_replace(true);
+        if let Err(error) = sweeper.await {
+            tracing::error!(%error, "the Idempotency-Key sweeper failed");
+        }
         let kept = keeper
             .await
             .map_err(|error| anyhow::anyhow!("the ownership lease's task failed: {error}"));

@@ -15,11 +15,16 @@ use crate::http::extract::{Json, Path};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(get_cart, clear_cart))
+    // Every change to the cart honours an Idempotency-Key.
+    let changes = OpenApiRouter::new()
+        .routes(routes!(clear_cart))
         .routes(routes!(add_item))
         .routes(routes!(update_item, remove_item))
         .routes(routes!(apply_coupon, remove_coupon))
+        .route_layer(crate::http::idempotency::layer());
+    OpenApiRouter::new()
+        .routes(routes!(get_cart))
+        .merge(changes)
 }
 
 #[derive(Deserialize, ToSchema)]

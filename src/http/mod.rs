@@ -7,6 +7,7 @@ mod cart;
 mod catalog;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
 mod identity;
 pub mod images;
 pub mod metrics;
@@ -118,18 +119,24 @@ fn api_router() -> OpenApiRouter<AppState> {
         )
 }
 
+/// The routes and their OpenAPI document, with what layers declare (the `Idempotency-Key`) and
+/// what every operation shares (`openapi::finish`).
+fn api_parts() -> (Router<AppState>, OpenApiDoc) {
+    let (routes, mut api) = api_router().split_for_parts();
+    idempotency::document(&mut api);
+    openapi::finish(&mut api);
+    (routes, api)
+}
+
 /// The OpenAPI document of the whole API.
 pub fn openapi() -> OpenApiDoc {
-    let mut doc = api_router().split_for_parts().1;
-    openapi::finish(&mut doc);
-    doc
+    api_parts().1
 }
 
 /// The application: every route behind the middleware stack.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
-    let (mut routes, mut api) = api_router().split_for_parts();
-    openapi::finish(&mut api);
+    let (mut routes, api) = api_parts();
     routes = routes.merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", api));
     if settings.storage.backend == crate::config::StorageBackend::Local {
         routes = routes.merge(crate::media::media_routes(&settings.storage.local_dir));

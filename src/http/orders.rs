@@ -21,11 +21,16 @@ use crate::state::AppState;
 use std::time::Duration;
 
 pub fn router() -> OpenApiRouter<AppState> {
+    // Paying and cancelling honour an Idempotency-Key through the layer; checkout has its own,
+    // bound to the order row.
+    let changes = OpenApiRouter::new()
+        .routes(routes!(cancel_order))
+        .routes(routes!(pay_order))
+        .route_layer(crate::http::idempotency::layer());
     OpenApiRouter::new()
         .routes(routes!(checkout, list_orders))
         .routes(routes!(get_order))
-        .routes(routes!(cancel_order))
-        .routes(routes!(pay_order))
+        .merge(changes)
 }
 
 pub fn admin_router() -> OpenApiRouter<AppState> {

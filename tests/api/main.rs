@@ -12,6 +12,7 @@ mod coupons;
 mod deploy_files;
 mod emails;
 mod hardening;
+mod idempotency;
 mod identity;
 mod images;
 mod inventory;
