@@ -342,11 +342,28 @@ pub struct CartSettings {
     pub idle_timeout_secs: u64,
 }
 
+/// Where the request rate limits keep their counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    /// In this process (governor): each instance counts on its own.
+    Memory,
+    /// In Redis (`redis.url`), shared by every instance; in-process for a request Redis fails.
+    Redis,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct RateLimitSettings {
     pub enabled: bool,
+    pub backend: RateLimitBackend,
+    /// Prepended to every rate-limit key in Redis, so several shops (or tests) can share one.
+    pub key_prefix: String,
     pub per_ip_per_second: u32,
     pub per_ip_burst: u32,
+    /// Writes (POST, PUT, PATCH, DELETE) with a valid access token, per user, on top of the
+    /// per-IP limit.
+    pub per_user_writes_per_minute: u32,
+    pub per_user_write_burst: u32,
     pub login_failures_per_email: u32,
     /// Wrong coupon codes a customer may try in 15 minutes before `POST /cart/coupon` is 429.
     #[serde(default = "default_coupon_failures")]

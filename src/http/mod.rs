@@ -137,8 +137,11 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
-    if let Some(per_ip) = rate_limit::per_ip(&settings.rate_limit) {
-        routes = routes.layer(per_ip);
+    if state.rate_limits.is_some() {
+        routes = routes.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::enforce,
+        ));
     }
 
     let middleware = ServiceBuilder::new()

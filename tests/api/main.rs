@@ -25,4 +25,5 @@ mod payments;
 mod platform;
 mod promotions;
 mod promotions_checkout;
+mod rate_limits;
 mod supervision;
