@@ -517,6 +517,16 @@ impl Settings {
                     .into(),
             ));
         }
+        if let Some(origin) = self
+            .server
+            .cors_allowed_origins
+            .iter()
+            .find(|origin| !is_origin(origin))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server.cors_allowed_origins: {origin:?} is not an origin such as https://shop.example (scheme and host, no path, no wildcard)"
+            )));
+        }
         let currency = &self.store.currency;
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_lowercase()) {
             return Err(ConfigError::Invalid(
@@ -535,9 +545,42 @@ impl Settings {
     }
 }
 
+/// `scheme://host[:port]`, exactly as a browser sends it in `Origin`.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let mut s = settings();
+        s.server.cors_allowed_origins = vec![
+            "https://shop.example".into(),
+            "http://localhost:3000".into(),
+        ];
+        assert!(s.validate().is_ok());
+        for bad in [
+            "*",
+            "shop.example",
+            "https://shop.example/",
+            "https://",
+            "ftp://x",
+            "https://a b",
+        ] {
+            s.server.cors_allowed_origins = vec![bad.into()];
+            assert!(s.validate().is_err(), "{bad} accepted");
+        }
+    }
 
     fn settings() -> Settings {
         Settings::load_profile(Profile::Test).expect("test profile loads")

@@ -11,6 +11,7 @@ mod cli;
 mod coupons;
 mod deploy_files;
 mod emails;
+mod headers;
 mod identity;
 mod images;
 mod inventory;
