@@ -17,6 +17,7 @@ mod images;
 mod inventory;
 mod lifecycle;
 mod media;
+mod object_access;
 mod openapi;
 mod operations;
 mod order_failures;
