@@ -16,6 +16,8 @@ mod orders;
 pub mod pagination;
 mod payments;
 mod promotions;
+#[cfg(test)]
+mod properties;
 mod rate_limit;
 mod testing;
 
