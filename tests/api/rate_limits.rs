@@ -32,6 +32,8 @@ async fn write_as(app: &TestApp, session: &Session) -> Response {
     .await
 }
 
+/// A counter of the process-wide recorder, which every test in this binary (and every app it
+/// spawns) shares: a test can only say how much it added at least.
 fn counter(metrics: &str, series: &str) -> f64 {
     metric_value(metrics, series).unwrap_or(0.0)
 }
