@@ -67,7 +67,9 @@ enum Backend {
     Redis(RedisBackend),
 }
 
-struct RedisBackend {
+/// One Redis connection shared by its users (the cache, the rate limits), every call bounded by
+/// [`REDIS_TIMEOUT`].
+pub(crate) struct RedisBackend {
     client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
     last_attempt: Mutex<Option<Instant>>,
@@ -84,6 +86,14 @@ pub enum CacheError {
 }
 
 impl RedisBackend {
+    pub(crate) fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            connection: Mutex::new(None),
+            last_attempt: Mutex::new(None),
+        }
+    }
+
     /// The shared connection, (re)connecting at most once per backoff period, so a Redis that is
     /// down costs each request nothing but a lock.
     async fn connection(&self) -> Result<ConnectionManager, CacheError> {
@@ -112,7 +122,7 @@ impl RedisBackend {
         Ok(manager)
     }
 
-    async fn run<T>(
+    pub(crate) async fn run<T>(
         &self,
         op: impl AsyncFnOnce(&mut ConnectionManager) -> Result<T, redis::RedisError>,
     ) -> Result<T, CacheError> {
@@ -134,11 +144,9 @@ impl Cache {
                     .build(),
                 versions: Scope::ALL.map(|_| AtomicU64::new(0)),
             },
-            CacheBackend::Redis => Backend::Redis(RedisBackend {
-                client: redis::Client::open(settings.redis.url.expose_secret())?,
-                connection: Mutex::new(None),
-                last_attempt: Mutex::new(None),
-            }),
+            CacheBackend::Redis => Backend::Redis(RedisBackend::new(redis::Client::open(
+                settings.redis.url.expose_secret(),
+            )?)),
         };
         Ok(Self {
             backend: Arc::new(backend),

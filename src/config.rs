@@ -345,11 +345,28 @@ pub struct CartSettings {
     pub idle_timeout_secs: u64,
 }
 
+/// Where the request rate limits keep their counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    /// In this process (governor): each instance counts on its own.
+    Memory,
+    /// In Redis (`redis.url`), shared by every instance; in-process for a request Redis fails.
+    Redis,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct RateLimitSettings {
     pub enabled: bool,
+    pub backend: RateLimitBackend,
+    /// Prepended to every rate-limit key in Redis, so several shops (or tests) can share one.
+    pub key_prefix: String,
     pub per_ip_per_second: u32,
     pub per_ip_burst: u32,
+    /// Writes (POST, PUT, PATCH, DELETE) with a valid access token, per user, on top of the
+    /// per-IP limit.
+    pub per_user_writes_per_minute: u32,
+    pub per_user_write_burst: u32,
     pub login_failures_per_email: u32,
     /// Wrong coupon codes a customer may try in 15 minutes before `POST /cart/coupon` is 429.
     #[serde(default = "default_coupon_failures")]
@@ -510,6 +527,16 @@ impl Settings {
                     .into(),
             ));
         }
+        if let Some(origin) = self
+            .server
+            .cors_allowed_origins
+            .iter()
+            .find(|origin| !is_origin(origin))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server.cors_allowed_origins: {origin:?} is not an origin such as https://shop.example (scheme and host, no path, no wildcard)"
+            )));
+        }
         let currency = &self.store.currency;
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_lowercase()) {
             return Err(ConfigError::Invalid(
@@ -528,9 +555,42 @@ impl Settings {
     }
 }
 
+/// `scheme://host[:port]`, exactly as a browser sends it in `Origin`.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let mut s = settings();
+        s.server.cors_allowed_origins = vec![
+            "https://shop.example".into(),
+            "http://localhost:3000".into(),
+        ];
+        assert!(s.validate().is_ok());
+        for bad in [
+            "*",
+            "shop.example",
+            "https://shop.example/",
+            "https://",
+            "ftp://x",
+            "https://a b",
+        ] {
+            s.server.cors_allowed_origins = vec![bad.into()];
+            assert!(s.validate().is_err(), "{bad} accepted");
+        }
+    }
 
     fn settings() -> Settings {
         Settings::load_profile(Profile::Test).expect("test profile loads")

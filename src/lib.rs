@@ -18,6 +18,7 @@ pub mod oncall;
 pub mod orders;
 pub mod payments;
 pub mod promotions;
+pub mod rate_limit;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -20,6 +20,7 @@ use crate::identity::service::Identity;
 use crate::identity::{Email, NewPassword, UserName, store};
 use crate::lease::{Attempt, LeaseCandidate, OwnershipLease};
 use crate::media::MediaStore;
+use crate::rate_limit::RateLimits;
 use crate::state::AppState;
 use crate::{db, http};
 
@@ -78,6 +79,7 @@ impl Application {
         };
         owner_gauge(&ownership);
         let cache = Cache::from_settings(&settings)?;
+        let rate_limits = RateLimits::from_settings(&settings.rate_limit, &settings.redis)?;
         let media = MediaStore::from_settings(&settings).await?;
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).await?;
@@ -88,6 +90,7 @@ impl Application {
             identity: Arc::new(identity),
             metrics,
             cache,
+            rate_limits,
             media,
             image_decodes: http::images::decode_permits(),
         };

@@ -10,6 +10,7 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::identity::service::Identity;
 use crate::media::MediaStore;
+use crate::rate_limit::RateLimits;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,6 +20,8 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     pub metrics: PrometheusHandle,
     pub cache: Cache,
+    /// The request rate limits; `None` when `rate_limit.enabled` is off.
+    pub rate_limits: Option<RateLimits>,
     pub media: MediaStore,
     /// Bounds concurrent image decodes (each may take up to 64 MiB).
     pub image_decodes: Arc<tokio::sync::Semaphore>,

@@ -41,7 +41,7 @@ fn bearer_token(parts: &Parts) -> Result<Option<&str>, AppError> {
     Ok(Some(token.trim()))
 }
 
-fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<AuthUser>, AppError> {
+pub(crate) fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<AuthUser>, AppError> {
     let Some(token) = bearer_token(parts)? else {
         return Ok(None);
     };

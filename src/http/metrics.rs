@@ -53,6 +53,11 @@ fn start_watched_counters_at_zero() {
     for name in WATCHED_COUNTERS {
         metrics::counter!(*name).increment(0);
     }
+    for scope in [crate::rate_limit::Scope::Ip, crate::rate_limit::Scope::User] {
+        metrics::counter!("rate_limited_total", "scope" => scope.as_str()).increment(0);
+        metrics::counter!("rate_limit_backend_errors_total", "scope" => scope.as_str())
+            .increment(0);
+    }
 }
 
 /// Prometheus text exposition of every HTTP and actor metric.

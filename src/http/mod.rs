@@ -6,6 +6,7 @@ pub mod auth;
 mod cart;
 mod catalog;
 pub mod extract;
+mod headers;
 pub mod health;
 pub mod idempotency;
 mod identity;
@@ -17,6 +18,8 @@ mod orders;
 pub mod pagination;
 mod payments;
 mod promotions;
+#[cfg(test)]
+mod properties;
 mod rate_limit;
 mod testing;
 
@@ -148,17 +151,26 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
-    if let Some(per_ip) = rate_limit::per_ip(&settings.rate_limit) {
-        routes = routes.layer(per_ip);
+    if state.rate_limits.is_some() {
+        routes = routes.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::enforce,
+        ));
     }
 
+    let origins = allowed_origins(&settings.server.cors_allowed_origins);
     let middleware = ServiceBuilder::new()
+        .layer(headers::nosniff())
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(axum::middleware::from_fn(middleware::record_http_metrics))
         .layer(CompressionLayer::new())
-        .layer(cors(&settings.server.cors_allowed_origins))
+        .layer(axum::middleware::from_fn_with_state(
+            headers::AllowedOrigins::new(&origins),
+            headers::withhold_cors_from_other_origins,
+        ))
+        .layer(cors(&origins))
         .layer(axum::middleware::from_fn(
             middleware::problem_for_bare_errors,
         ))
@@ -196,13 +208,17 @@ fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
-    let origins: Vec<HeaderValue> = origins
+fn allowed_origins(origins: &[String]) -> Vec<HeaderValue> {
+    // Settings::validate refused anything that is not a plain origin (ASCII), so none is dropped.
+    origins
         .iter()
         .filter_map(|origin| HeaderValue::from_str(origin).ok())
-        .collect();
+        .collect()
+}
+
+fn cors(origins: &[HeaderValue]) -> CorsLayer {
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
         .allow_methods([
             Method::GET,
             Method::POST,

@@ -174,4 +174,81 @@ mod tests {
             Err(SignatureError::Stale)
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn sign(secret: &[u8], timestamp: i64, payload: &[u8]) -> String {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+            mac.update(format!("{timestamp}.").as_bytes());
+            mac.update(payload);
+            hex::encode(mac.finalize().into_bytes())
+        }
+
+        /// Headers that look like Stripe's: `t`, `v1`, `v0` and stray parts, in any order.
+        fn header_like() -> impl Strategy<Value = String> {
+            let part = prop_oneof![
+                any::<i64>().prop_map(|t| format!("t={t}")),
+                "[0-9a-fA-F]{0,70}".prop_map(|v| format!("v1={v}")),
+                "[ -~]{0,20}".prop_map(|v| format!("v0={v}")),
+                "[ -~]{0,20}",
+                Just("t=".to_owned()),
+                Just("=".to_owned()),
+            ];
+            proptest::collection::vec(part, 0..6).prop_map(|parts| parts.join(","))
+        }
+
+        proptest! {
+            #[test]
+            fn any_header_is_verified_or_refused_without_panicking(
+                header in prop_oneof![header_like(), any::<String>()],
+                payload in proptest::collection::vec(any::<u8>(), 0..256),
+                now in any::<i64>(),
+            ) {
+                // Refusals are 400s (`http::payments::refused`); only a real signature passes,
+                // and none of these is signed with the secret.
+                prop_assert!(verify(&payload, Some(&header), b"whsec_property", now).is_err());
+            }
+
+            #[test]
+            fn a_signature_made_with_the_secret_verifies_within_the_tolerance_only(
+                payload in proptest::collection::vec(any::<u8>(), 0..256),
+                timestamp in 0i64..4_000_000_000,
+                skew in -600i64..600,
+                decoys in proptest::collection::vec("[0-9a-f]{64}", 0..3),
+            ) {
+                let secret = b"whsec_property";
+                let mut header = format!("t={timestamp}");
+                for decoy in &decoys {
+                    header.push_str(&format!(",v1={decoy}"));
+                }
+                header.push_str(&format!(",v1={}", sign(secret, timestamp, &payload)));
+                let expected = if skew.abs() <= TOLERANCE_SECS {
+                    Ok(())
+                } else {
+                    Err(SignatureError::Stale)
+                };
+                prop_assert_eq!(verify(&payload, Some(&header), secret, timestamp + skew), expected);
+            }
+
+            #[test]
+            fn any_change_to_the_payload_breaks_the_signature(
+                payload in proptest::collection::vec(any::<u8>(), 1..256),
+                index in any::<proptest::sample::Index>(),
+                flip in 1u8..=255,
+            ) {
+                let secret = b"whsec_property";
+                let header = format!("t={T},v1={}", sign(secret, T, &payload));
+                let mut tampered = payload.clone();
+                let at = index.index(tampered.len());
+                tampered[at] ^= flip;
+                prop_assert_eq!(
+                    verify(&tampered, Some(&header), secret, T),
+                    Err(SignatureError::NoMatch)
+                );
+            }
+        }
+    }
 }

@@ -75,6 +75,7 @@ pub fn test_settings(db: &TestDatabase) -> Settings {
     settings.cache.backend = shop::config::CacheBackend::Redis;
     settings.redis.url = redis_url().into();
     settings.cache.key_prefix = format!("{}:", db.name);
+    settings.rate_limit.key_prefix = format!("{}:rate:", db.name);
     settings
 }
 
