@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::error::{AppError, Problem};
 use crate::http::auth::AuthUser;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::idempotency::IdempotencyKey;
 use crate::http::pagination::{PageParams, Paged};
 use crate::orders::saga::SagaError;
 use crate::orders::store;
@@ -53,19 +54,9 @@ async fn load(state: &AppState, order: Uuid) -> Result<Order, AppError> {
         .ok_or(AppError::NotFound)
 }
 
-/// The `Idempotency-Key` header, if sent: 1 to 255 visible characters.
+/// The `Idempotency-Key` header, if sent, read as every route that takes one reads it.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value.to_str().unwrap_or_default().trim().to_owned();
-    if key.is_empty() || key.len() > 255 {
-        return Err(AppError::invalid(
-            "Idempotency-Key",
-            "must be 1 to 255 visible characters",
-        ));
-    }
-    Ok(Some(key))
+    Ok(IdempotencyKey::from_headers(headers)?.map(|key| key.as_str().to_owned()))
 }
 
 /// The order if the caller may see it: its owner or an admin. Anyone else gets 404.
@@ -80,7 +71,7 @@ async fn visible(state: &AppState, user: &AuthUser, order: Uuid) -> Result<Order
 /// Check out the current cart: stock is held until `expires_at`, the payment intent is created,
 /// and the cart is emptied. With an `Idempotency-Key` header, a repeat returns the same order.
 #[utoipa::path(post, path = "/orders", tag = "orders", request_body = CheckoutRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the checkout safe to retry")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]{1,255}$", description = "Makes the checkout safe to retry")),
     security(("bearer" = [])),
     responses((status = 201, body = Order),
               (status = 409, description = "Stock is short: `errors` lists `{variant_id, requested, available}`", body = Problem),
@@ -94,7 +85,10 @@ async fn checkout(
 ) -> Result<(StatusCode, axum::Json<Order>), AppError> {
     let address = ShippingAddress::parse(body.shipping_address)?;
     let key = idempotency_key(&headers)?;
-    let hash = Sha256::digest(serde_json::to_vec(&address).unwrap_or_default()).to_vec();
+    let hash = Sha256::digest(
+        serde_json::to_vec(&address).map_err(|error| AppError::Internal(error.into()))?,
+    )
+    .to_vec();
     if let Some(key) = &key
         && let Some((order, previous)) = store::checkout_request(&state.db, user.id, key).await?
     {
@@ -422,7 +416,7 @@ pub struct RefundRequest {
 /// `Idempotency-Key`, a repeated request refunds nothing more.
 #[utoipa::path(post, path = "/orders/{id}/refunds", tag = "admin",
     params(("id" = Uuid, Path),
-           ("Idempotency-Key" = Option<String>, Header, description = "A repeat with the same key refunds nothing more")),
+           ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]{1,255}$", description = "A repeat with the same key refunds nothing more")),
     request_body = RefundRequest, security(("bearer" = [])),
     responses((status = 200, body = Order), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]

@@ -261,3 +261,27 @@ async fn a_path_segment_that_cannot_be_an_id_names_nothing() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn checkout_reads_a_malformed_idempotency_key_as_every_route_does() {
+    let app = TestApp::spawn().await;
+    let customer = app.login_as_customer().await;
+    for key in ["has space", ""] {
+        let response = app
+            .client
+            .post(app.url("/api/v1/orders"))
+            .bearer_auth(&customer.access_token)
+            .header("idempotency-key", key)
+            .json(&json!({"shipping_address": {"name": "A", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}}))
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 400).await;
+        assert_eq!(problem["errors"][0]["field"], "Idempotency-Key", "{key:?}");
+    }
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 0);
+}
