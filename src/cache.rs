@@ -18,11 +18,15 @@ use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
 use crate::config::{CacheBackend, Settings};
+use crate::error::AppError;
 
 /// A Redis call that takes longer than this is abandoned (and counted as an error).
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failed connection attempt, wait this long before trying again.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a load's result is shared with the requests that waited for it (see `Cache::flights`).
+const FLIGHT_TTL: Duration = Duration::from_secs(1);
 
 /// A family of cached reads with a version of its own: a write bumps only its own scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,11 @@ impl Scope {
 #[derive(Clone)]
 pub struct Cache {
     backend: Arc<Backend>,
+    /// Loads in flight, by entry key, so that concurrent misses of one key in this process wait
+    /// for one load instead of each running it (an expiry or a version bump under load would
+    /// otherwise send every waiting request to PostgreSQL at once). Entries live a second: with
+    /// Redis they are also a short in-process copy, safe because an entry key carries its version.
+    flights: moka::future::Cache<String, Bytes>,
     prefix: String,
     ttl: Duration,
 }
@@ -150,6 +159,10 @@ impl Cache {
         };
         Ok(Self {
             backend: Arc::new(backend),
+            flights: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(FLIGHT_TTL)
+                .build(),
             prefix: settings.cache.key_prefix.clone(),
             ttl: Duration::from_secs(settings.cache.listing_ttl_secs.max(1)),
         })
@@ -177,11 +190,6 @@ impl Cache {
     fn failed(&self, error: &CacheError) {
         metrics::counter!("cache_errors_total", "backend" => self.backend_name()).increment(1);
         tracing::warn!(%error, "cache unavailable; serving from the database");
-    }
-
-    /// The current catalog version, or `None` when the cache cannot be used right now.
-    pub async fn catalog_version(&self) -> Option<u64> {
-        self.version(Scope::Catalog).await
     }
 
     /// Invalidates every cached catalog response at once.
@@ -228,17 +236,6 @@ impl Cache {
                 }
             }
         }
-    }
-
-    /// A catalog entry. `namespace` names the metric label (`listing`, `product`); `key` must be
-    /// normalized.
-    pub async fn get(&self, namespace: &'static str, version: u64, key: &str) -> Option<Bytes> {
-        self.get_in(Scope::Catalog, namespace, version, key).await
-    }
-
-    pub async fn put(&self, namespace: &'static str, version: u64, key: &str, value: Bytes) {
-        self.put_in(Scope::Catalog, namespace, version, key, value)
-            .await;
     }
 
     /// An entry of `scope` read under `version` (from [`Cache::version`]). `namespace` names the
@@ -297,6 +294,43 @@ impl Cache {
         }
     }
 
+    /// The entry of `scope` for `key` under the scope's current version, or what `load` (a future
+    /// only polled on a miss) makes of PostgreSQL, stored for the next reader. Concurrent misses of one key in this
+    /// process run `load` once and all get its result (one refresh per key at a time). A cache
+    /// that cannot be used right now is bypassed: `load` answers.
+    pub async fn get_or_load(
+        &self,
+        scope: Scope,
+        namespace: &'static str,
+        key: &str,
+        load: impl Future<Output = Result<Bytes, AppError>> + Send,
+    ) -> Result<Bytes, AppError> {
+        // Read before the database: a write that lands meanwhile bumps the version, so what is
+        // stored below under this (then old) version is never read again.
+        let Some(version) = self.version(scope).await else {
+            return load.await;
+        };
+        if let Some(found) = self.get_in(scope, namespace, version, key).await {
+            return Ok(found);
+        }
+        let entry = self.entry_key(scope, version, namespace, key);
+        let flight = async {
+            metrics::counter!("cache_loads_total", "cache" => namespace).increment(1);
+            let value = load.await?;
+            if let Backend::Redis(_) = &*self.backend {
+                self.put_in(scope, namespace, version, key, value.clone())
+                    .await;
+            }
+            Ok::<_, AppError>(value)
+        };
+        // In memory the entry cache itself holds the flight; with Redis, `flights` does.
+        let loaded = match &*self.backend {
+            Backend::Memory { entries, .. } => entries.try_get_with(entry, flight).await,
+            Backend::Redis(_) => self.flights.try_get_with(entry, flight).await,
+        };
+        loaded.map_err(|error| error.shared())
+    }
+
     /// For readiness: `None` when there is nothing to check (in-process cache).
     pub async fn check(&self) -> Option<Result<(), String>> {
         match &*self.backend {
@@ -309,5 +343,102 @@ impl Cache {
                     .map_err(|e| e.to_string()),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn cache(backend: Backend) -> Cache {
+        Cache {
+            backend: Arc::new(backend),
+            flights: moka::future::Cache::builder()
+                .time_to_live(FLIGHT_TTL)
+                .build(),
+            prefix: format!("shop-cache-test-{}:", uuid::Uuid::now_v7()),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn memory() -> Cache {
+        cache(Backend::Memory {
+            entries: moka::future::Cache::builder().build(),
+            versions: Scope::ALL.map(|_| AtomicU64::new(0)),
+        })
+    }
+
+    fn redis() -> Cache {
+        let url = std::env::var("SHOP_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        cache(Backend::Redis(RedisBackend::new(
+            redis::Client::open(url).expect("a Redis URL"),
+        )))
+    }
+
+    /// 64 concurrent readers of one cold key: the loader runs once and every reader gets its
+    /// bytes; after a version bump, once more.
+    async fn one_load_per_key_and_version(cache: Cache) {
+        let loads = Arc::new(AtomicUsize::new(0));
+        let read = |round: u8| {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            async move {
+                cache
+                    .get_or_load(Scope::Catalog, "listing", "hot", async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        // A slow query, so that the readers overlap it.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok(Bytes::from(vec![round]))
+                    })
+                    .await
+                    .expect("loaded")
+            }
+        };
+        let answers = futures::future::join_all((0..64).map(|_| read(1))).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(answers.iter().all(|bytes| bytes.as_ref() == [1]));
+
+        cache.bump_version(Scope::Catalog).await;
+        let answers = futures::future::join_all((0..64).map(|_| read(2))).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert!(answers.iter().all(|bytes| bytes.as_ref() == [2]));
+    }
+
+    #[tokio::test]
+    async fn in_memory_concurrent_misses_of_one_key_load_once() {
+        one_load_per_key_and_version(memory()).await;
+    }
+
+    #[tokio::test]
+    async fn with_redis_concurrent_misses_of_one_key_load_once() {
+        let cache = redis();
+        assert_eq!(cache.check().await, Some(Ok(())), "Redis on 127.0.0.1:6379");
+        one_load_per_key_and_version(cache).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_the_error_of_every_waiter_and_the_next_read_loads_again() {
+        let cache = memory();
+        let failing = futures::future::join_all((0..8).map(|_| {
+            cache.get_or_load(Scope::Catalog, "listing", "k", async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err::<Bytes, _>(AppError::Unavailable("pool timed out".into()))
+            })
+        }))
+        .await;
+        assert!(
+            failing
+                .iter()
+                .all(|answer| matches!(answer, Err(AppError::Unavailable(_))))
+        );
+        let loaded = cache
+            .get_or_load(Scope::Catalog, "listing", "k", async {
+                Ok(Bytes::from_static(b"ok"))
+            })
+            .await
+            .expect("loaded");
+        assert_eq!(loaded.as_ref(), b"ok");
     }
 }

@@ -218,6 +218,21 @@ impl AppError {
     }
 }
 
+impl AppError {
+    /// This error for one more of the callers that waited on the same work (a coalesced cache
+    /// load): the same answer, with the cause kept as text.
+    pub fn shared(self: std::sync::Arc<Self>) -> Self {
+        match std::sync::Arc::try_unwrap(self) {
+            Ok(error) => error,
+            Err(shared) => match &*shared {
+                Self::NotFound => Self::NotFound,
+                Self::Unavailable(why) => Self::Unavailable(why.clone()),
+                other => Self::Internal(anyhow::anyhow!("{other:#}")),
+            },
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match &self {

@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::cache::Scope;
 use crate::catalog::categories::{
     self, Category, CategoryChanges, CategoryWithChildren, NewCategory,
 };
@@ -138,20 +139,12 @@ async fn list_products(
         return Ok(axum::Json(page).into_response());
     }
     let key = query.cache_key();
-    let version = state.cache.catalog_version().await;
-    if let Some(version) = version
-        && let Some(cached) = state.cache.get("listing", version, &key).await
-    {
-        return Ok(json_bytes(cached));
-    }
-    let page = listing::search(&state.db, &query, false).await?;
-    let body = to_bytes(&page)?;
-    if let Some(version) = version {
-        state
-            .cache
-            .put("listing", version, &key, body.clone())
-            .await;
-    }
+    let body = state
+        .cache
+        .get_or_load(Scope::Catalog, "listing", &key, async {
+            to_bytes(&listing::search(&state.db, &query, false).await?)
+        })
+        .await?;
     Ok(json_bytes(body))
 }
 
@@ -167,23 +160,17 @@ async fn get_product(
     if viewer.0.is_some_and(|user| user.is_admin()) {
         return Ok(axum::Json(products::find(&state.db, &key, true).await?));
     }
-    let version = state.cache.catalog_version().await;
-    let cached = match version {
-        Some(version) => state.cache.get("product", version, &key).await,
-        None => None,
-    };
-    let mut product = match cached.and_then(|bytes| serde_json::from_slice::<Product>(&bytes).ok())
-    {
-        Some(product) => product,
-        None => {
-            let product = products::find(&state.db, &key, false).await?;
-            if let Some(version) = version {
-                state
-                    .cache
-                    .put("product", version, &key, to_bytes(&product)?)
-                    .await;
-            }
-            product
+    let bytes = state
+        .cache
+        .get_or_load(Scope::Catalog, "product", &key, async {
+            to_bytes(&products::find(&state.db, &key, false).await?)
+        })
+        .await?;
+    let mut product = match serde_json::from_slice::<Product>(&bytes) {
+        Ok(product) => product,
+        Err(error) => {
+            tracing::warn!(%error, "undecodable cached product; reading it again");
+            products::find(&state.db, &key, false).await?
         }
     };
     // The cached part is the catalog; stock is never served from a cache.

@@ -22,7 +22,7 @@ pub async fn coupon_by_code(state: &AppState, code: &str) -> Result<Option<Coupo
     }
     // Codes are ASCII (checked above), so this is the CITEXT column's own equality.
     let key = code.to_ascii_lowercase();
-    cached(state, "coupon", &key, async || {
+    cached(state, "coupon", &key, || async {
         store::find_by_code(&state.db, code).await
     })
     .await
@@ -30,7 +30,7 @@ pub async fn coupon_by_code(state: &AppState, code: &str) -> Result<Option<Coupo
 
 /// The gift rules whose `active` flag is set, oldest first; the caller checks their dates.
 pub async fn active_gift_rules(state: &AppState) -> Result<Vec<GiftRule>, AppError> {
-    cached(state, "gift_rules", "active", async || {
+    cached(state, "gift_rules", "active", || async {
         store::active_gift_rules(&state.db).await
     })
     .await
@@ -38,42 +38,29 @@ pub async fn active_gift_rules(state: &AppState) -> Result<Vec<GiftRule>, AppErr
 
 /// `load`'s answer, from the cache when it holds one under the current promotions version. A
 /// cache that is down, or an entry that does not decode, is a miss: PostgreSQL answers.
-async fn cached<T: Serialize + DeserializeOwned>(
+async fn cached<T: Serialize + DeserializeOwned, Load>(
     state: &AppState,
     namespace: &'static str,
     key: &str,
-    load: impl AsyncFnOnce() -> Result<T, sqlx::Error>,
-) -> Result<T, AppError> {
-    let cache = &state.cache;
-    // Read before the database: a write that lands meanwhile bumps the version, so what is put
-    // below under this (then old) version is never read again.
-    let version = cache.version(Scope::Promotions).await;
-    if let Some(version) = version
-        && let Some(bytes) = cache
-            .get_in(Scope::Promotions, namespace, version, key)
-            .await
-    {
-        match serde_json::from_slice(&bytes) {
-            Ok(value) => return Ok(value),
-            Err(error) => tracing::warn!(%error, namespace, "undecodable cache entry; reloading"),
+    load: impl Fn() -> Load + Sync,
+) -> Result<T, AppError>
+where
+    Load: Future<Output = Result<T, sqlx::Error>> + Send,
+{
+    let bytes = state
+        .cache
+        .get_or_load(Scope::Promotions, namespace, key, async {
+            let value = load().await?;
+            serde_json::to_vec(&value)
+                .map(Bytes::from)
+                .map_err(|error| AppError::Internal(error.into()))
+        })
+        .await?;
+    match serde_json::from_slice(&bytes) {
+        Ok(value) => Ok(value),
+        Err(error) => {
+            tracing::warn!(%error, namespace, "undecodable cache entry; reloading");
+            Ok(load().await?)
         }
     }
-    let value = load().await?;
-    if let Some(version) = version {
-        match serde_json::to_vec(&value) {
-            Ok(bytes) => {
-                cache
-                    .put_in(
-                        Scope::Promotions,
-                        namespace,
-                        version,
-                        key,
-                        Bytes::from(bytes),
-                    )
-                    .await;
-            }
-            Err(error) => tracing::warn!(%error, namespace, "cannot cache a promotion"),
-        }
-    }
-    Ok(value)
 }
