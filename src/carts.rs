@@ -5,13 +5,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shop_actors::carts::{CartError, CartSnapshot};
 use sqlx::{FromRow, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::cache::Scope;
 use crate::catalog::ProductType;
 use crate::error::{AppError, FieldError};
 use crate::promotions::pricing::{Line, gifts_due, price};
@@ -74,7 +76,9 @@ pub struct Promotions {
     pub gift_rules: Vec<GiftRule>,
 }
 
-#[derive(FromRow)]
+/// What a cart line shows of its variant: a snapshot of the catalog, cached per variant under the
+/// catalog version (so any catalog write makes the next read fresh).
+#[derive(FromRow, Serialize, Deserialize)]
 struct VariantDetails {
     variant_id: Uuid,
     product_id: Uuid,
@@ -98,13 +102,62 @@ pub async fn view(state: &AppState, cart: CartSnapshot) -> Result<Cart, AppError
         gift_rules: crate::promotions::lookup::active_gift_rules(state).await?,
     };
     priced(
-        &state.db,
+        state,
+        Details::Cached,
         cart,
         &promotions,
         &state.settings.store.currency,
         Utc::now(),
     )
     .await
+}
+
+/// Where a priced cart reads its variants from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Details {
+    /// The catalog cache (the cart as shown): fresh after every catalog write.
+    Cached,
+    /// PostgreSQL itself (checkout: the order is priced from what the database says now).
+    Database,
+}
+
+impl Details {
+    async fn of(
+        self,
+        state: &AppState,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, VariantDetails>, AppError> {
+        match self {
+            Self::Database => Ok(details(&state.db, ids).await?),
+            Self::Cached => cached_details(state, ids).await,
+        }
+    }
+}
+
+/// Each variant's snapshot from the cache, loaded one variant at a time on a miss.
+async fn cached_details(
+    state: &AppState,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, VariantDetails>, AppError> {
+    let internal = |error: serde_json::Error| AppError::Internal(error.into());
+    let snapshots = futures::future::try_join_all(ids.iter().map(|id| async move {
+        let bytes = state
+            .cache
+            .get_or_load(Scope::Catalog, "variant", &id.to_string(), async {
+                let found = details(&state.db, &[*id]).await?;
+                serde_json::to_vec(&found.get(id))
+                    .map(Bytes::from)
+                    .map_err(internal)
+            })
+            .await?;
+        serde_json::from_slice::<Option<VariantDetails>>(&bytes).map_err(internal)
+    }))
+    .await?;
+    Ok(snapshots
+        .into_iter()
+        .flatten()
+        .map(|d| (d.variant_id, d))
+        .collect())
 }
 
 async fn details(db: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, VariantDetails>, sqlx::Error> {
@@ -151,7 +204,8 @@ async fn ancestors(
 /// Prices `cart` with `promotions` at `now`: today's prices, the coupon's line discounts, and the
 /// gift lines the rules give. Lines that cannot be bought are shown, flagged, and count nowhere.
 pub async fn priced(
-    db: &PgPool,
+    state: &AppState,
+    source: Details,
     cart: CartSnapshot,
     promotions: &Promotions,
     currency: &str,
@@ -159,9 +213,18 @@ pub async fn priced(
 ) -> Result<Cart, AppError> {
     let mut ids: Vec<Uuid> = cart.lines.iter().map(|l| l.variant_id).collect();
     ids.extend(promotions.gift_rules.iter().map(|r| r.gift_variant_id));
-    let details = details(db, &ids).await?;
-    let categories: Vec<Uuid> = details.values().filter_map(|d| d.category_id).collect();
-    let ancestors = ancestors(db, &categories).await?;
+    let details = source.of(state, &ids).await?;
+    // Only a coupon scoped to categories looks at a line's categories.
+    let ancestors = if promotions
+        .coupon
+        .as_ref()
+        .is_some_and(|coupon| !coupon.category_ids.is_empty())
+    {
+        let categories: Vec<Uuid> = details.values().filter_map(|d| d.category_id).collect();
+        ancestors(&state.db, &categories).await?
+    } else {
+        HashMap::new()
+    };
     let pricing_line = |key: Uuid, d: &VariantDetails, quantity: i32, gift: bool| Line {
         key,
         variant_id: d.variant_id,
@@ -271,10 +334,22 @@ pub struct Sellable {
 /// Finds the variant to add: by `variant_id`, or a simple product's (or bundle's) default variant
 /// by `product_id`. Unknown, draft and archived things are 404.
 pub async fn sellable(
-    db: &PgPool,
+    state: &AppState,
     variant: Option<Uuid>,
     product: Option<Uuid>,
 ) -> Result<Sellable, AppError> {
+    // By variant: the cached snapshot the cart view uses says all there is to know.
+    if let (Some(variant), None) = (variant, product) {
+        let details = cached_details(state, &[variant]).await?;
+        return match details.get(&variant) {
+            Some(found) if found.sellable => Ok(Sellable {
+                variant_id: variant,
+                unit_price: found.price,
+            }),
+            _ => Err(AppError::NotFound),
+        };
+    }
+    let db = &state.db;
     #[derive(FromRow)]
     struct Row {
         id: Uuid,

@@ -115,7 +115,7 @@ async fn add_item(
             "give exactly one of variant_id and product_id",
         ));
     }
-    let sellable = carts::sellable(&state.db, body.variant_id, body.product_id).await?;
+    let sellable = carts::sellable(&state, body.variant_id, body.product_id).await?;
     let result = state
         .actors
         .carts
@@ -230,7 +230,8 @@ async fn apply_coupon(
     let mut trial = snapshot;
     trial.coupon_code = Some(coupon.code.clone());
     let priced = carts::priced(
-        &state.db,
+        &state,
+        carts::Details::Cached,
         trial,
         &promotions,
         &state.settings.store.currency,

@@ -105,7 +105,8 @@ async fn place(
     };
     let now = chrono::Utc::now();
     let currency = &state.settings.store.currency;
-    let cart = crate::carts::priced(&state.db, cart, &promotions, currency, now)
+    let details = crate::carts::Details::Database;
+    let cart = crate::carts::priced(state, details, cart, &promotions, currency, now)
         .await
         .map_err(refused)?;
     if let Some(gone) = cart.items.iter().find(|item| !item.available) {
