@@ -59,6 +59,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     Ok(IdempotencyKey::from_headers(headers)?.map(|key| key.as_str().to_owned()))
 }
 
+/// Who owns the order, if the caller may act on it (its owner or an admin): one indexed read, not
+/// the whole order. Anyone else gets 404.
+async fn owner(state: &AppState, user: &AuthUser, order: Uuid) -> Result<Uuid, AppError> {
+    match store::owner_of(&state.db, order).await? {
+        Some(owner) if owner == user.id || user.is_admin() => Ok(owner),
+        _ => Err(AppError::NotFound),
+    }
+}
+
 /// The order if the caller may see it: its owner or an admin. Anyone else gets 404.
 async fn visible(state: &AppState, user: &AuthUser, order: Uuid) -> Result<Order, AppError> {
     let order = load(state, order).await?;
@@ -135,6 +144,24 @@ async fn get_order(
     Ok(axum::Json(visible(&state, &user, id).await?))
 }
 
+/// A saga that could not be reached may have just stopped because its order became final (it
+/// stops once it has answered): then the answer is the final order's 409, as the saga gives it.
+/// Otherwise 503, and nothing was changed.
+async fn saga_error_of(state: &AppState, order: Uuid, error: SagaError) -> AppError {
+    if let SagaError::Unavailable(_) = &error {
+        match store::status_of(&state.db, order).await {
+            Ok(Some(status)) if status.is_final() => {
+                return saga_error(SagaError::NotPending(status));
+            }
+            Ok(_) => {}
+            Err(read) => {
+                tracing::warn!(%order, error = %read, "order status unreadable after a saga was unreachable")
+            }
+        }
+    }
+    saga_error(error)
+}
+
 fn saga_error(error: SagaError) -> AppError {
     match error {
         SagaError::NotPending(status) => AppError::conflict(
@@ -158,18 +185,19 @@ async fn cancel_order(
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Order>, AppError> {
-    let order = visible(&state, &user, id).await?;
-    let actor = if order.user_id == user.id {
+    let actor = if owner(&state, &user, id).await? == user.id {
         "customer"
     } else {
         "admin"
     };
-    state
+    let cancelled = state
         .actors
         .orders
         .cancel(id, actor, format!("cancelled by the {actor}"))
-        .await
-        .map_err(saga_error)?;
+        .await;
+    if let Err(error) = cancelled {
+        return Err(saga_error_of(&state, id, error).await);
+    }
     Ok(axum::Json(load(&state, id).await?))
 }
 
@@ -199,8 +227,7 @@ async fn pay_order(
     Path(id): Path<Uuid>,
     Json(body): Json<PayRequest>,
 ) -> Result<axum::Json<PaymentState>, AppError> {
-    let order = visible(&state, &user, id).await?;
-    if order.user_id != user.id {
+    if owner(&state, &user, id).await? != user.id {
         return Err(AppError::NotFound);
     }
     let method = body.payment_method.trim();
@@ -210,12 +237,10 @@ async fn pay_order(
             "must be 1 to 100 characters",
         ));
     }
-    let attempt = state
-        .actors
-        .orders
-        .pay(id, method.to_owned())
-        .await
-        .map_err(saga_error)?;
+    let attempt = match state.actors.orders.pay(id, method.to_owned()).await {
+        Ok(attempt) => attempt,
+        Err(error) => return Err(saga_error_of(&state, id, error).await),
+    };
     Ok(axum::Json(PaymentState {
         status: attempt.status,
         error: attempt.error,
@@ -292,12 +317,10 @@ async fn admin_set_status(
         OrderStatus::Paid | OrderStatus::Pending => return Err(illegal()),
         OrderStatus::Cancelled => {
             let reason = reason.unwrap_or("cancelled by an admin").to_owned();
-            state
-                .actors
-                .orders
-                .cancel(id, "admin", reason)
-                .await
-                .map_err(saga_error)?;
+            let cancelled = state.actors.orders.cancel(id, "admin", reason).await;
+            if let Err(error) = cancelled {
+                return Err(saga_error_of(&state, id, error).await);
+            }
         }
         OrderStatus::Refunded => {
             let reason = reason.unwrap_or("refunded by an admin");

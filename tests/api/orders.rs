@@ -630,3 +630,35 @@ async fn orders_are_private_and_checkout_is_idempotent() {
     // An empty cart cannot be checked out.
     assert_problem(checkout(&app, &bob).await, 422).await;
 }
+
+/// A saga stops once its order is final; a command that reaches it while it stops is answered as
+/// the final order's 409, never 503 (nothing is unavailable: the order is simply over).
+#[tokio::test]
+async fn a_command_right_after_the_order_became_final_is_409_not_503() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "QUICK-MUG", 1000, 1000).await;
+    let customer = app.login_as_customer().await;
+    for round in 0..20 {
+        fill_cart(&app, &customer, &mug, 1).await;
+        let created: Value = checkout(&app, &customer).await.json().await.unwrap();
+        let id = created["id"].as_str().unwrap();
+        let path = format!("/api/v1/orders/{id}/cancel");
+        let first = app
+            .post_json_as(&customer.access_token, &path, &json!({}))
+            .await;
+        assert_eq!(first.status(), 200, "round {round}");
+        let pay_path = format!("/api/v1/orders/{id}/pay");
+        let cancel_body = json!({});
+        let pay_body = json!({"payment_method": "pm_card_visa"});
+        let (again, pay) = tokio::join!(
+            app.post_json_as(&customer.access_token, &path, &cancel_body),
+            app.post_json_as(&customer.access_token, &pay_path, &pay_body)
+        );
+        assert_eq!(
+            (again.status().as_u16(), pay.status().as_u16()),
+            (409, 409),
+            "round {round}"
+        );
+    }
+}
