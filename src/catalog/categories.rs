@@ -30,6 +30,7 @@ pub struct CategoryWithChildren {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Kitchen", "description": "Pots, pans and mugs."}))]
 pub struct NewCategory {
     #[schema(
         max_length = 200,

@@ -400,6 +400,7 @@ pub struct ComponentInput {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Enamel Mug", "sku": "MUG-ENAMEL", "price": 1250, "stock": 40, "status": "active", "tags": ["kitchen"]}))]
 pub struct NewProduct {
     /// `simple` (default), `variable` or `bundle`.
     #[serde(rename = "type", default)]
@@ -1028,6 +1029,7 @@ pub async fn archive(db: &PgPool, id: Uuid) -> Result<(), AppError> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"sku": "TEE-M-RED", "options": {"size": "M", "color": "red"}, "price": 1900, "stock": 12}))]
 pub struct NewVariant {
     #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", max_length = 64)]
     pub sku: String,

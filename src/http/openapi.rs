@@ -170,6 +170,8 @@ struct Link {
     to: (&'static str, &'static str),
     /// Parameters of the target: name and runtime expression.
     parameters: &'static [(&'static str, &'static str)],
+    /// The target's request body (JSON, runtime expressions as string values), if it takes one.
+    body: Option<&'static str>,
 }
 
 const fn link(
@@ -185,13 +187,85 @@ const fn link(
         name,
         to,
         parameters,
+        body: None,
     }
 }
 
+/// A link whose target takes a request body.
+const fn link_with_body(
+    from: (&'static str, &'static str),
+    status: &'static str,
+    name: &'static str,
+    to: (&'static str, &'static str),
+    body: &'static str,
+) -> Link {
+    Link {
+        from,
+        status,
+        name,
+        to,
+        parameters: &[],
+        body: Some(body),
+    }
+}
+
+const ADDRESS: &str = r#"{"shipping_address": {"name": "Ada Lovelace", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}}"#;
+
 const ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
 
-/// From each create to the reads, updates and deletes of what it created.
+/// From each create to the reads, updates and deletes of what it created, and along a customer's
+/// way: from the listing to a product and into the cart, from the cart to its lines and to
+/// checkout, from the order to its payment.
 const LINKS: &[Link] = &[
+    link(
+        ("get", "/api/v1/products"),
+        "200",
+        "GetListedProduct",
+        ("get", "/api/v1/products/{id}"),
+        &[("id", "$response.body#/items/0/id")],
+    ),
+    link_with_body(
+        ("get", "/api/v1/products"),
+        "200",
+        "AddListedProduct",
+        ("post", "/api/v1/cart/items"),
+        r#"{"variant_id": "$response.body#/items/0/variants/0/id", "quantity": 1}"#,
+    ),
+    link_with_body(
+        ("get", "/api/v1/products/{id}"),
+        "200",
+        "AddProduct",
+        ("post", "/api/v1/cart/items"),
+        r#"{"variant_id": "$response.body#/variants/0/id", "quantity": 1}"#,
+    ),
+    link_with_body(
+        ("post", "/api/v1/cart/items"),
+        "200",
+        "CheckOut",
+        ("post", "/api/v1/orders"),
+        ADDRESS,
+    ),
+    link(
+        ("get", "/api/v1/cart"),
+        "200",
+        "UpdateCartLine",
+        ("patch", "/api/v1/cart/items/{item_id}"),
+        &[("item_id", "$response.body#/items/0/id")],
+    ),
+    link(
+        ("get", "/api/v1/cart"),
+        "200",
+        "RemoveCartLine",
+        ("delete", "/api/v1/cart/items/{item_id}"),
+        &[("item_id", "$response.body#/items/0/id")],
+    ),
+    link(
+        ("get", "/api/v1/orders"),
+        "200",
+        "GetListedOrder",
+        ("get", "/api/v1/orders/{id}"),
+        &[("id", "$response.body#/items/0/id")],
+    ),
     link(
         ("post", "/api/v1/categories"),
         "201",
@@ -362,6 +436,13 @@ fn add_link(
     let mut builder = LinkBuilder::new().operation_id(target);
     for (name, expression) in link.parameters {
         builder = builder.parameter(*name, *expression);
+    }
+    if let Some(body) = link.body {
+        match serde_json::from_str::<serde_json::Value>(body) {
+            Ok(body) => builder = builder.request_body(Some(body)),
+            // A body that is not JSON is a bug in the table; the document test catches it.
+            Err(_) => return,
+        }
     }
     response
         .links

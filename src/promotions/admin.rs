@@ -45,6 +45,7 @@ where
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"code": "SPRING10", "kind": "percent", "value": 10, "scope": "order", "active": true}))]
 pub struct NewCoupon {
     /// 3 to 32 letters, digits, `-` or `_`; unique without regard to case (409 otherwise).
     #[schema(
