@@ -76,14 +76,19 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
     }
 }
 
-/// Guards the `/admin` tree. The token must carry the admin role and the user must still be an
-/// admin in the database, so a demotion takes effect at once on admin routes.
-pub async fn require_admin(request: Request, next: Next) -> Result<Response, AppError> {
-    let state = request
+/// The state the middleware stack puts in every request, for middleware that needs it.
+pub fn app_state(request: &Request) -> Result<AppState, AppError> {
+    request
         .extensions()
         .get::<AppState>()
         .cloned()
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("AppState extension missing")))?;
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("AppState extension missing")))
+}
+
+/// Guards the `/admin` tree. The token must carry the admin role and the user must still be an
+/// admin in the database, so a demotion takes effect at once on admin routes.
+pub async fn require_admin(request: Request, next: Next) -> Result<Response, AppError> {
+    let state = app_state(&request)?;
     let (mut parts, body) = request.into_parts();
     let user = AuthUser::from_request_parts(&mut parts, &state).await?;
     if !user.is_admin() || store::current_role(&state.db, user.id).await? != Some(Role::Admin) {

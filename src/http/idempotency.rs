@@ -30,7 +30,6 @@ use uuid::Uuid;
 
 use crate::error::{AppError, FieldError, PROBLEM_JSON, Problem, ResultExt};
 use crate::http::auth::MaybeAuthUser;
-use crate::state::AppState;
 
 /// How long an answer is replayed; older entries are ignored, then swept.
 pub const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -121,11 +120,7 @@ async fn replay_or_run(request: Request, next: Next) -> Result<Response, AppErro
     if !request.headers().contains_key(&HEADER) {
         return Ok(next.run(request).await);
     }
-    let state = request
-        .extensions()
-        .get::<AppState>()
-        .cloned()
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("AppState extension missing")))?;
+    let state = super::auth::app_state(&request)?;
     let (mut parts, body) = request.into_parts();
     let Ok(MaybeAuthUser(Some(user))) = MaybeAuthUser::from_request_parts(&mut parts, &state).await
     else {

@@ -188,6 +188,25 @@ async fn the_bounds_the_document_states_are_held_and_change_nothing() {
     assert_eq!(page["per_page"], 100);
 }
 
+async fn upload(
+    app: &TestApp,
+    token: &str,
+    product: &str,
+    form: reqwest::multipart::Form,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/api/v1/products/{product}/images")))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn png_part() -> reqwest::multipart::Part {
+    reqwest::multipart::Part::bytes(vec![1, 2, 3]).file_name("a.png")
+}
+
 #[tokio::test]
 async fn an_image_upload_with_a_field_besides_file_is_a_422() {
     let app = TestApp::spawn().await;
@@ -199,45 +218,19 @@ async fn an_image_upload_with_a_field_besides_file_is_a_422() {
             &json!({"name": "Framed", "sku": "FRAMED", "price": 100}),
         )
         .await;
-    let form = reqwest::multipart::Form::new()
+    let product = product["id"].as_str().unwrap();
+    // Before the file, and after it.
+    let before = reqwest::multipart::Form::new()
         .text("caption", "hello")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(vec![1, 2, 3]).file_name("a.png"),
-        );
-    let response = app
-        .client
-        .post(app.url(&format!(
-            "/api/v1/products/{}/images",
-            product["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&admin.access_token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let problem = assert_problem(response, 422).await;
-    assert_eq!(problem["errors"][0]["field"], "caption");
-    // After the file, too.
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(vec![1, 2, 3]).file_name("a.png"),
-        )
+        .part("file", png_part());
+    let after = reqwest::multipart::Form::new()
+        .part("file", png_part())
         .text("alt", "hello");
-    let response = app
-        .client
-        .post(app.url(&format!(
-            "/api/v1/products/{}/images",
-            product["id"].as_str().unwrap()
-        )))
-        .bearer_auth(&admin.access_token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let problem = assert_problem(response, 422).await;
-    assert_eq!(problem["errors"][0]["field"], "alt");
+    for (form, field) in [(before, "caption"), (after, "alt")] {
+        let response = upload(&app, &admin.access_token, product, form).await;
+        let problem = assert_problem(response, 422).await;
+        assert_eq!(problem["errors"][0]["field"], field);
+    }
     let images: i64 = sqlx::query_scalar("SELECT count(*) FROM product_images")
         .fetch_one(&app.db)
         .await
