@@ -166,8 +166,10 @@ def chart(path, title, y_title, series):
     xs = sorted({x for s in series for x, _ in s[3]})
     ys = [y for s in series for _, y in s[3] if y > 0]
     x_lo, x_hi = math.log2(xs[0]), math.log2(xs[-1])
-    y_lo = 10 ** math.floor(math.log10(min(ys)))
-    y_hi = 10 ** math.ceil(math.log10(max(ys)))
+    # The nearest 1, 2 or 5 times a power of ten below the least value and above the greatest.
+    steps = [m * 10 ** e for e in range(-3, 8) for m in (1, 2, 5)]
+    y_lo = max(v for v in steps if v <= min(ys))
+    y_hi = min(v for v in steps if v >= max(ys))
 
     def px(x):
         return left + (math.log2(x) - x_lo) / (x_hi - x_lo) * plot_w
