@@ -9,7 +9,10 @@ use axum::{Router, routing::get};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let port: u16 = match std::env::args().nth(1).or_else(|| std::env::var("PORT").ok()) {
+    let port: u16 = match std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("PORT").ok())
+    {
         Some(port) => port.parse()?,
         None => 8081,
     };
