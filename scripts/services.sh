@@ -204,12 +204,17 @@ stop_smtp_sink() {
   SMTP_SINK_LOG=""
 }
 
-# True when Debian's package lists know package $1 (updating them once if they do not yet).
+# True when Debian's package lists know package $1 (updating them once if they do not yet; an
+# update that fails, say on a lock another apt holds or a dropped connection, is tried 3 times).
 apt_has() {
   apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]' && return 0
   if [ -z "${APT_UPDATED:-}" ]; then
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    APT_UPDATED=1
+    local attempt
+    for attempt in 1 2 3; do
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && { APT_UPDATED=1; break; }
+      say "apt-get update failed (attempt $attempt of 3)"
+      sleep 5
+    done
   fi
   apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'
 }
