@@ -115,7 +115,7 @@ ensure_s3_server() {
     return 0
   fi
   local bin="$SHOP_TOOLS_DIR/bin/s3s-fs"
-  if ! { [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qF " $S3S_FS_VERSION"; }; then
+  if ! { [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -F " $S3S_FS_VERSION" >/dev/null; }; then
     say "installing s3s-fs $S3S_FS_VERSION into $SHOP_TOOLS_DIR (once; a few minutes)"
     mkdir -p "$SHOP_TOOLS_DIR"
     # From the cache folder and with cargo's own temporary target dir, so the project's
@@ -204,10 +204,17 @@ stop_smtp_sink() {
   SMTP_SINK_LOG=""
 }
 
+# True when Debian's package lists have a candidate for package $1. grep reads the whole answer
+# (no -q): with pipefail, a grep that quits at the first match can leave apt-cache to die of
+# SIGPIPE, and the pipeline then fails although the package is there.
+apt_candidate() {
+  apt-cache policy "$1" 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null
+}
+
 # True when Debian's package lists know package $1 (updating them once if they do not yet; an
 # update that fails, say on a lock another apt holds or a dropped connection, is tried 3 times).
 apt_has() {
-  apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]' && return 0
+  apt_candidate "$1" && return 0
   if [ -z "${APT_UPDATED:-}" ]; then
     local attempt
     for attempt in 1 2 3; do
@@ -216,7 +223,7 @@ apt_has() {
       sleep 5
     done
   fi
-  apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'
+  apt_candidate "$1"
 }
 
 # promtool, which checks and unit-tests the alert rules, from Debian's prometheus package. Only
