@@ -25,23 +25,42 @@ impl AuthUser {
     }
 }
 
-fn bearer_token(parts: &Parts) -> Result<Option<&str>, AppError> {
+/// The token of the `Authorization` header, if there is one; why it is unusable otherwise.
+fn bearer_token(parts: &Parts) -> Result<Option<&str>, &'static str> {
     let Some(value) = parts.headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| AppError::Unauthorized("The Authorization header is malformed."))?;
-    let (scheme, token) = value.split_once(' ').ok_or(AppError::Unauthorized(
-        "The Authorization header is malformed.",
-    ))?;
+    let malformed = "The Authorization header is malformed.";
+    let value = value.to_str().map_err(|_| malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(AppError::Unauthorized("Expected a Bearer token."));
+        return Err("Expected a Bearer token.");
     }
     Ok(Some(token.trim()))
 }
 
-pub(crate) fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<AuthUser>, AppError> {
+/// The request's caller as first worked out, kept in its extensions: the rate limit, the
+/// Idempotency-Key layer and the handler's extractor all ask, and the token is verified once.
+#[derive(Clone, Copy)]
+struct Caller(Result<Option<AuthUser>, &'static str>);
+
+/// The caller the bearer token names: `None` without a token, 401 when it does not verify.
+pub(crate) fn authenticate(
+    parts: &mut Parts,
+    state: &AppState,
+) -> Result<Option<AuthUser>, AppError> {
+    let caller = match parts.extensions.get::<Caller>() {
+        Some(known) => *known,
+        None => {
+            let caller = Caller(verify(parts, state));
+            parts.extensions.insert(caller);
+            caller
+        }
+    };
+    caller.0.map_err(AppError::Unauthorized)
+}
+
+fn verify(parts: &Parts, state: &AppState) -> Result<Option<AuthUser>, &'static str> {
     let Some(token) = bearer_token(parts)? else {
         return Ok(None);
     };
@@ -49,7 +68,7 @@ pub(crate) fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Aut
         .identity
         .tokens
         .verify_access(token)
-        .map_err(|_| AppError::Unauthorized("The access token is invalid or expired."))?;
+        .map_err(|_| "The access token is invalid or expired.")?;
     Ok(Some(AuthUser {
         id: claims.sub,
         role: claims.role,

@@ -38,10 +38,10 @@ pub async fn enforce(
     if !is_write(request.method()) {
         return Ok(next.run(request).await);
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // A token that does not verify is the route's to refuse (401); here it only means there is
     // no user to count.
-    if let Ok(Some(user)) = auth::authenticate(&parts, &state) {
+    if let Ok(Some(user)) = auth::authenticate(&mut parts, &state) {
         count(limits, Scope::User, &user.id.to_string()).await?;
     }
     Ok(next.run(Request::from_parts(parts, body)).await)
