@@ -24,14 +24,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 "Expected a body with Content-Type: application/json.".into(),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::PayloadTooLarge("The request body is too large.".into())
-            } else {
-                AppError::bad_request("The request body could not be read.")
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_unreadable)?;
         parse_json(&bytes).map(Json)
+    }
+}
+
+/// A body that could not be read: over the route's limit (413), or cut off.
+pub fn body_unreadable(rejection: axum::extract::rejection::BytesRejection) -> AppError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::PayloadTooLarge("The request body is too large.".into())
+    } else {
+        AppError::bad_request("The request body could not be read.")
     }
 }
 

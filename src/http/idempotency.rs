@@ -250,13 +250,9 @@ async fn read_body(parts: &axum::http::request::Parts, body: Body) -> Result<Byt
     let mut probe = Request::new(body);
     // The route's body limit travels in the extensions.
     *probe.extensions_mut() = parts.extensions.clone();
-    Bytes::from_request(probe, &()).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::PayloadTooLarge("The request body is too large.".into())
-        } else {
-            AppError::bad_request("The request body could not be read.")
-        }
-    })
+    Bytes::from_request(probe, &())
+        .await
+        .map_err(super::extract::body_unreadable)
 }
 
 fn reused(stored: &Fingerprint, now: &Fingerprint) -> Response {
