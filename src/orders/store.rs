@@ -126,37 +126,37 @@ async fn with_items(db: &PgPool, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx
         .collect()
 }
 
-/// The full order with its history.
+/// The full order with its lines and history, in one statement (a checkout answers with it).
 pub async fn find(db: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"
+    #[derive(FromRow)]
+    struct Full {
+        #[sqlx(flatten)]
+        order: OrderRow,
+        items: sqlx::types::Json<Vec<OrderItem>>,
+        history: sqlx::types::Json<Vec<StatusChange>>,
+    }
+    // Statuses decode through OrderStatus's serde: an unknown one fails the read.
+    let row = sqlx::query_as::<_, Full>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS},
+             (SELECT coalesce(json_agg(json_build_object(
+                         'id', i.id, 'product_id', i.product_id, 'variant_id', i.variant_id,
+                         'sku', i.sku, 'name', i.name, 'options', i.options,
+                         'unit_price', i.unit_price, 'quantity', i.quantity,
+                         'line_total', i.line_total, 'discount', i.discount, 'gift', i.gift)
+                         ORDER BY i.name, i.sku), '[]')
+              FROM order_items i WHERE i.order_id = o.id) AS items,
+             (SELECT coalesce(json_agg(json_build_object(
+                         'from', h.from_status, 'to', h.to_status, 'at', h.at, 'reason', h.reason)
+                         ORDER BY h.at, h.id), '[]')
+              FROM order_status_history h WHERE h.order_id = o.id) AS history
+         FROM orders o WHERE o.id = $1"
     )))
     .bind(id)
     .fetch_optional(db)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mut order = with_items(db, vec![row]).await?.remove(0);
-    type HistoryRow = (Option<String>, String, DateTime<Utc>, Option<String>);
-    let history: Vec<HistoryRow> = sqlx::query_as(
-        "SELECT from_status, to_status, at, reason FROM order_status_history
-         WHERE order_id = $1 ORDER BY at, id",
-    )
-    .bind(id)
-    .fetch_all(db)
-    .await?;
-    order.status_history = Some(
-        history
-            .into_iter()
-            .map(|(from, to, at, reason)| {
-                Ok(StatusChange {
-                    from: from.as_deref().map(OrderStatus::decode).transpose()?,
-                    to: OrderStatus::decode(&to)?,
-                    at,
-                    reason,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?,
-    );
+    let Some(full) = row else { return Ok(None) };
+    let mut order = full.order.into_order(full.items.0)?;
+    order.status_history = Some(full.history.0);
     Ok(Some(order))
 }
 

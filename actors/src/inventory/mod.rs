@@ -9,8 +9,9 @@ mod shard;
 mod store;
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -109,6 +110,42 @@ pub struct Inventory {
     shards: Vec<Slot<ShardMsg>>,
     db: PgPool,
     timeout: Duration,
+    /// Variants known not to be bundles. A product's type never changes and a variant never
+    /// changes product, so once read this holds for good: their demand is their own, with no
+    /// read of `bundle_components` (a cart add and a checkout each made one).
+    plain: Arc<RwLock<HashSet<Uuid>>>,
+}
+
+/// The shards that may hold anything for an owner: the ones its reservation went to, or every
+/// shard when that is not known (a saga resumed after a restart). Committing, releasing and
+/// restocking ask only these; the others hold nothing for the owner, so their answer is 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holding {
+    shards: Option<BTreeSet<usize>>,
+}
+
+impl Holding {
+    /// Not known: every shard is asked.
+    pub fn anywhere() -> Self {
+        Self { shards: None }
+    }
+
+    fn on(shards: impl IntoIterator<Item = usize>) -> Self {
+        Self {
+            shards: Some(shards.into_iter().collect()),
+        }
+    }
+
+    /// Both owners' shards (a checkout reserves paid lines and gifts apart).
+    pub fn and(self, other: Holding) -> Self {
+        match (self.shards, other.shards) {
+            (Some(mut one), Some(two)) => {
+                one.extend(two);
+                Self { shards: Some(one) }
+            }
+            _ => Self::anywhere(),
+        }
+    }
 }
 
 impl Inventory {
@@ -152,6 +189,7 @@ impl Inventory {
                 shards,
                 db,
                 timeout: config.call_timeout,
+                plain: Arc::default(),
             },
             spec,
         )
@@ -176,8 +214,24 @@ impl Inventory {
 
     /// Bundles become the demand of their components; demand for the same variant is summed.
     pub async fn expand(&self, demand: &[Demand]) -> Result<Vec<Demand>, InventoryError> {
-        let ids: Vec<Uuid> = demand.iter().map(|d| d.variant_id).collect();
-        let components = store::bundle_components(&self.db, &ids).await?;
+        let unknown: Vec<Uuid> = {
+            let plain = self.plain.read().unwrap_or_else(|e| e.into_inner());
+            demand
+                .iter()
+                .map(|d| d.variant_id)
+                .filter(|v| !plain.contains(v))
+                .collect()
+        };
+        let components = if unknown.is_empty() {
+            HashMap::new()
+        } else {
+            let read = store::bundle_components(&self.db, &unknown).await?;
+            self.plain
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(read.plain);
+            read.components
+        };
         let mut total: BTreeMap<Uuid, i32> = BTreeMap::new();
         for line in demand {
             match components.get(&line.variant_id) {
@@ -257,6 +311,19 @@ impl Inventory {
         demand: &[Demand],
         ttl: Duration,
     ) -> Result<i32, InventoryError> {
+        self.reserve_holding(owner, demand, ttl)
+            .await
+            .map(|(units, _)| units)
+    }
+
+    /// [`reserve`](Self::reserve), answering also where the holds are, for the commit, release
+    /// or restock that follows.
+    pub async fn reserve_holding(
+        &self,
+        owner: Uuid,
+        demand: &[Demand],
+        ttl: Duration,
+    ) -> Result<(i32, Holding), InventoryError> {
         let demand = self.expand(demand).await?;
         let expires_at = Utc::now()
             + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::minutes(15));
@@ -308,7 +375,10 @@ impl Inventory {
             }
         }
         if shortages.is_empty() {
-            Ok(demand.iter().map(|d| d.quantity).sum())
+            Ok((
+                demand.iter().map(|d| d.quantity).sum(),
+                Holding::on(granted),
+            ))
         } else {
             self.release_from(owner, &granted).await;
             Err(InventoryError::Short(shortages))
@@ -332,11 +402,31 @@ impl Inventory {
 
     /// Releases everything `owner` holds (idempotent). Returns the units released.
     pub async fn release(&self, owner: Uuid) -> Result<i32, InventoryError> {
+        self.release_holding(owner, &Holding::anywhere()).await
+    }
+
+    /// [`release`](Self::release) on the shards of `holding` only.
+    pub async fn release_holding(
+        &self,
+        owner: Uuid,
+        holding: &Holding,
+    ) -> Result<i32, InventoryError> {
         let mut released = 0;
-        for shard in 0..self.shards.len() {
+        for shard in self.shards_of(holding) {
             released += self.release_on(shard, owner).await?;
         }
         Ok(released)
+    }
+
+    fn shards_of(&self, holding: &Holding) -> Vec<usize> {
+        match &holding.shards {
+            Some(shards) => shards
+                .iter()
+                .copied()
+                .filter(|s| *s < self.shards.len())
+                .collect(),
+            None => (0..self.shards.len()).collect(),
+        }
     }
 
     /// Turns `owner`'s holds into sales: stock on hand goes down in the same transaction. Asks
@@ -344,26 +434,46 @@ impl Inventory {
     /// earlier commit's included), so the call can be repeated until it succeeds. Fewer units
     /// than the order has means some holds were gone (expired or released) before the commit.
     pub async fn commit(&self, owner: Uuid) -> Result<i32, InventoryError> {
-        self.on_every_shard(|reply| ShardMsg::Commit { owner, reply })
+        self.commit_holding(owner, &Holding::anywhere()).await
+    }
+
+    /// [`commit`](Self::commit) on the shards of `holding` only.
+    pub async fn commit_holding(
+        &self,
+        owner: Uuid,
+        holding: &Holding,
+    ) -> Result<i32, InventoryError> {
+        self.on_shards(holding, |reply| ShardMsg::Commit { owner, reply })
             .await
     }
 
     /// Returns what `owner` sold to the shelf (idempotent): for an order that is cancelled after
     /// part of its stock was committed. Answers the units returned by this call.
     pub async fn restock(&self, owner: Uuid) -> Result<i32, InventoryError> {
-        self.on_every_shard(|reply| ShardMsg::Restock { owner, reply })
+        self.restock_holding(owner, &Holding::anywhere()).await
+    }
+
+    /// [`restock`](Self::restock) on the shards of `holding` only.
+    pub async fn restock_holding(
+        &self,
+        owner: Uuid,
+        holding: &Holding,
+    ) -> Result<i32, InventoryError> {
+        self.on_shards(holding, |reply| ShardMsg::Restock { owner, reply })
             .await
     }
 
-    /// Sends one message to every shard and sums the answers; the first error after all were
-    /// asked.
-    async fn on_every_shard(
+    /// Sends one message to each shard of `holding` and sums the answers; the first error after
+    /// all were asked.
+    async fn on_shards(
         &self,
+        holding: &Holding,
         build: impl Fn(ractor::RpcReplyPort<Result<i32, InventoryError>>) -> ShardMsg,
     ) -> Result<i32, InventoryError> {
         let mut total = 0;
         let mut failure = None;
-        for slot in &self.shards {
+        for index in self.shards_of(holding) {
+            let slot = &self.shards[index];
             let answer = match slot.get() {
                 Ok(shard) => shard.call(&build, self.timeout).await,
                 Err(error) => Err(error),

@@ -6,29 +6,42 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// Per bundle variant among `variants`: its components and units of each per bundle.
-pub async fn bundle_components(
-    db: &PgPool,
-    variants: &[Uuid],
-) -> Result<HashMap<Uuid, Vec<(Uuid, i32)>>, sqlx::Error> {
-    let rows: Vec<(Uuid, Uuid, i32)> = sqlx::query_as(
-        "SELECT v.id, bc.variant_id, bc.quantity
+/// What `bundle_components` says of some variants.
+pub struct Composition {
+    /// Per bundle variant: its components and units of each per bundle.
+    pub components: HashMap<Uuid, Vec<(Uuid, i32)>>,
+    /// Variants of products that are not bundles (unknown variants are in neither).
+    pub plain: Vec<Uuid>,
+}
+
+pub async fn bundle_components(db: &PgPool, variants: &[Uuid]) -> Result<Composition, sqlx::Error> {
+    let rows: Vec<(Uuid, bool, Option<Uuid>, Option<i32>)> = sqlx::query_as(
+        "SELECT v.id, p.type = 'bundle', bc.variant_id, bc.quantity
          FROM product_variants v
-         JOIN products p ON p.id = v.product_id AND p.type = 'bundle'
-         JOIN bundle_components bc ON bc.bundle_id = p.id
+         JOIN products p ON p.id = v.product_id
+         LEFT JOIN bundle_components bc ON p.type = 'bundle' AND bc.bundle_id = p.id
          WHERE v.id = ANY($1)",
     )
     .bind(variants)
     .fetch_all(db)
     .await?;
-    let mut components: HashMap<Uuid, Vec<(Uuid, i32)>> = HashMap::new();
-    for (bundle, component, quantity) in rows {
-        components
-            .entry(bundle)
-            .or_default()
-            .push((component, quantity));
+    let mut read = Composition {
+        components: HashMap::new(),
+        plain: Vec::new(),
+    };
+    for (variant, bundle, component, quantity) in rows {
+        match (bundle, component, quantity) {
+            (false, _, _) => read.plain.push(variant),
+            (true, Some(component), Some(quantity)) => read
+                .components
+                .entry(variant)
+                .or_default()
+                .push((component, quantity)),
+            // A bundle without components yet: asked again next time.
+            (true, _, _) => {}
+        }
     }
-    Ok(components)
+    Ok(read)
 }
 
 /// Stock on hand and units held, per variant. Unknown variants are absent.

@@ -22,7 +22,7 @@
 //! An event is processed only in the transaction that commits its effect; an event whose effect
 //! could not be committed stays unprocessed and the payment router hands it over again.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -31,7 +31,7 @@ use ractor::{ActorProcessingErr, RpcReplyPort};
 use super::{LedgerError, NewOrder, OrderLedger, OrderSnapshot, OrderStatus, OwedRefund};
 use crate::coupons::{CouponError, CouponLimiter, Limits};
 use crate::instrument::{Mailbox, ShopActor};
-use crate::inventory::{Demand, Inventory, InventoryError, Shortage};
+use crate::inventory::{Demand, Holding, Inventory, InventoryError, Shortage};
 use crate::payments::{
     IdempotencyKey, IntentStatus, PaymentError, PaymentEvent, PaymentEventKind, PaymentGateway,
     PaymentIntent,
@@ -126,12 +126,24 @@ pub struct SagaDeps {
 pub struct SagaArgs {
     pub order_id: Uuid,
     pub deps: SagaDeps,
+    /// A saga for a checkout about to begin: no order exists yet, so there is nothing to read
+    /// back at start.
+    pub fresh: bool,
 }
 
 pub struct SagaState {
     order_id: Uuid,
     deps: SagaDeps,
     myself: Mailbox<SagaMsg>,
+    /// The shards holding the order's stock: those its checkout reserved on, or every shard for
+    /// a resumed saga.
+    holding: Holding,
+    /// The order as this saga last wrote or read it. The saga is the only writer of a pending
+    /// order (and one process at a time runs sagas, see the ownership lease), so what it wrote
+    /// stands until it writes again: paying and cancelling right after a checkout start from it
+    /// instead of reading it back. Forgotten by anything whose outcome it does not track (a
+    /// payment event, the deadline), then read afresh.
+    known: Mutex<Option<OrderSnapshot>>,
 }
 
 pub struct OrderSaga;
@@ -181,6 +193,29 @@ async fn with_retries<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>
 }
 
 impl SagaState {
+    fn known(&self) -> Option<OrderSnapshot> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn remember(&self, order: Option<OrderSnapshot>) {
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = order;
+    }
+
+    /// The order: as last known, or read.
+    async fn order(&self) -> Result<OrderSnapshot, SagaError> {
+        if let Some(order) = self.known() {
+            return Ok(order);
+        }
+        let order = self
+            .deps
+            .ledger
+            .snapshot(self.order_id)
+            .await?
+            .ok_or(SagaError::NotFound)?;
+        self.remember(Some(order.clone()));
+        Ok(order)
+    }
+
     fn schedule_expiry(&self, at: DateTime<Utc>) {
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
         self.expire_in(wait);
@@ -199,7 +234,10 @@ impl SagaState {
 
     /// Stops the saga once its order is final (or does not exist): nothing more to walk.
     async fn stop_if_settled(&self) -> Result<(), LedgerError> {
-        let status = self.deps.ledger.status_of(self.order_id).await?;
+        let status = match self.known() {
+            Some(order) => Some(order.status),
+            None => self.deps.ledger.status_of(self.order_id).await?,
+        };
         if status.is_none_or(OrderStatus::is_final) {
             self.myself.cell().stop(Some("order settled".into()));
         }
@@ -208,7 +246,7 @@ impl SagaState {
 
     // ---- steps 1 to 3: checkout ----
 
-    async fn begin(&self, mut checkout: Checkout) -> Result<Uuid, CheckoutError> {
+    async fn begin(&mut self, mut checkout: Checkout) -> Result<Uuid, CheckoutError> {
         let demand = |gift: bool| -> Vec<Demand> {
             checkout
                 .order
@@ -224,16 +262,27 @@ impl SagaState {
         let (paid, gifts) = (demand(false), demand(true));
         let (owner, ttl) = (checkout.order.id, checkout.ttl);
         // 1. Stock first: a short order leaves nothing behind.
-        let mut units = match self.deps.inventory.reserve(owner, &paid, ttl).await {
-            Ok(units) => units,
+        let mut units = match self.deps.inventory.reserve_holding(owner, &paid, ttl).await {
+            Ok((units, holding)) => {
+                self.holding = holding;
+                units
+            }
             Err(InventoryError::Short(short)) => return Err(CheckoutError::Short(short)),
             Err(error) => return Err(CheckoutError::Unavailable(error.to_string())),
         };
         // Gifts after: a gift out of stock does not stop the checkout; the order goes without it
         // and says so.
         if !gifts.is_empty() {
-            match self.deps.inventory.reserve(owner, &gifts, ttl).await {
-                Ok(more) => units += more,
+            match self
+                .deps
+                .inventory
+                .reserve_holding(owner, &gifts, ttl)
+                .await
+            {
+                Ok((more, holding)) => {
+                    self.holding = std::mem::take(&mut self.holding).and(holding);
+                    units += more;
+                }
                 Err(InventoryError::Short(_)) => {
                     checkout.order.lines.retain(|l| !l.gift);
                     checkout.order.note =
@@ -255,7 +304,18 @@ impl SagaState {
         }
         let order = &checkout.order;
         match self.create_order(&checkout, units).await {
-            Ok(id) => {
+            Ok((id, intent)) => {
+                self.remember(Some(OrderSnapshot {
+                    status: OrderStatus::Pending,
+                    total: order.subtotal - order.discount_total,
+                    currency: order.currency.clone(),
+                    expires_at: order.expires_at,
+                    payment_intent_id: intent,
+                    // As the column starts (the intent's own creation is attempt 1).
+                    payment_attempt: 1,
+                    reserved_units: units,
+                    coupon_id: checkout.coupon.as_ref().map(|c| c.coupon_id),
+                }));
                 self.schedule_expiry(order.expires_at);
                 if order.subtotal - order.discount_total == 0
                     && let Err(error) = self.settle_free_order().await
@@ -319,8 +379,13 @@ impl SagaState {
         .map_err(|e| SagaError::Unavailable(format!("coupon release: {e:?}")))
     }
 
-    /// Steps 2 and 3: the intent, then the order with it, before the deadline.
-    async fn create_order(&self, checkout: &Checkout, units: i32) -> Result<Uuid, CheckoutError> {
+    /// Steps 2 and 3: the intent, then the order with it, before the deadline. Answers the order
+    /// and its intent.
+    async fn create_order(
+        &self,
+        checkout: &Checkout,
+        units: i32,
+    ) -> Result<(Uuid, Option<String>), CheckoutError> {
         let order = &checkout.order;
         let late = || CheckoutError::Unavailable("checkout took too long; nothing was kept".into());
         let amount = order.subtotal - order.discount_total;
@@ -351,7 +416,7 @@ impl SagaState {
             .create_order(order, intent.as_ref(), units, checkout.idempotency.as_ref())
             .await;
         match written {
-            Ok(()) => Ok(order.id),
+            Ok(()) => Ok((order.id, intent.map(|i| i.id))),
             Err(error) => {
                 if let Some(intent) = &intent {
                     self.abandon_intent(intent).await;
@@ -365,12 +430,7 @@ impl SagaState {
     /// a payment. If that cannot finish now, the order stays pending and its deadline (or the
     /// next sweep) takes it from there.
     async fn settle_free_order(&self) -> Result<(), SagaError> {
-        let order = self
-            .deps
-            .ledger
-            .snapshot(self.order_id)
-            .await?
-            .ok_or(SagaError::NotFound)?;
+        let order = self.order().await?;
         let currency = order.currency.clone();
         let nothing = Taken {
             intent_id: "",
@@ -396,8 +456,9 @@ impl SagaState {
     async fn release_stock(&self) {
         let inventory = &self.deps.inventory;
         let order = self.order_id;
+        let holding = &self.holding;
         if let Err(error) = with_retries("releasing stock", Duration::from_secs(3), || {
-            inventory.release(order)
+            inventory.release_holding(order, holding)
         })
         .await
         {
@@ -409,13 +470,20 @@ impl SagaState {
 
     async fn on_payment(&self, event: PaymentEvent) -> Result<(), SagaError> {
         let ledger = &self.deps.ledger;
-        let Some(order) = ledger.snapshot(self.order_id).await? else {
-            // Not an order of this shop (another system on the same account): nothing to do.
-            tracing::error!(order = %self.order_id, event = %event.event_id, "payment event for an unknown order");
-            metrics::counter!("payment_events_orphaned_total").increment(1);
-            ledger.mark_processed(&event.event_id).await?;
-            return Ok(());
+        let order = match self.order().await {
+            Ok(order) => order,
+            Err(SagaError::NotFound) => {
+                // Not an order of this shop (another system on the same account): nothing to do.
+                tracing::error!(order = %self.order_id, event = %event.event_id, "payment event for an unknown order");
+                metrics::counter!("payment_events_orphaned_total").increment(1);
+                ledger.mark_processed(&event.event_id).await?;
+                return Ok(());
+            }
+            Err(error) => return Err(error),
         };
+        // What follows may move the order; only a payment taken says where to (paid), anything
+        // else is read afresh.
+        self.remember(None);
         match (event.kind, order.status) {
             (PaymentEventKind::Succeeded, OrderStatus::Pending) => {
                 let taken = Taken {
@@ -466,8 +534,9 @@ impl SagaState {
         let inventory = &self.deps.inventory;
         let owner = self.order_id;
         // Retried until every shard has answered: an error is not "no stock held".
+        let holding = &self.holding;
         let sold = with_retries("committing stock", COMMIT_BUDGET, || {
-            inventory.commit(owner)
+            inventory.commit_holding(owner, holding)
         })
         .await
         .map_err(|e| SagaError::Unavailable(format!("stock commit: {e}")))?;
@@ -503,15 +572,21 @@ impl SagaState {
                 // status.
                 return Err(SagaError::Unavailable("the order changed meanwhile".into()));
             }
+            self.remember(Some(OrderSnapshot {
+                status: OrderStatus::Paid,
+                ..order.clone()
+            }));
             return Ok(());
         }
         // Some holds were gone (expired or released) before the payment: the goods may be sold
         // to someone else, so what was sold goes back to the shelf and the money back.
         tracing::warn!(order = %self.order_id, sold, held = order.reserved_units,
             "paid after its stock was released; cancelling and refunding");
-        with_retries("restocking", COMMIT_BUDGET, || inventory.restock(owner))
-            .await
-            .map_err(|e| SagaError::Unavailable(format!("restock: {e}")))?;
+        with_retries("restocking", COMMIT_BUDGET, || {
+            inventory.restock_holding(owner, holding)
+        })
+        .await
+        .map_err(|e| SagaError::Unavailable(format!("restock: {e}")))?;
         self.release_stock().await;
         self.cancel_and_refund(
             order,
@@ -558,10 +633,9 @@ impl SagaState {
     /// pending.
     async fn cancel(&self, actor: &str, reason: &str) -> Result<(), SagaError> {
         let ledger = &self.deps.ledger;
-        let order = ledger
-            .snapshot(self.order_id)
-            .await?
-            .ok_or(SagaError::NotFound)?;
+        let order = self.order().await?;
+        // Whatever happens below, the order is read afresh after it.
+        self.remember(None);
         if order.status != OrderStatus::Pending {
             return Err(SagaError::NotPending(order.status));
         }
@@ -638,6 +712,7 @@ impl SagaState {
     }
 
     async fn expire(&self) -> Result<(), SagaError> {
+        self.remember(None);
         match self.cancel("system", "reservation expired").await {
             Ok(()) => {
                 metrics::counter!("orders_expired_total").increment(1);
@@ -661,18 +736,20 @@ impl SagaState {
         deadline: Instant,
     ) -> Result<PaymentAttempt, SagaError> {
         let ledger = &self.deps.ledger;
-        let order = ledger
-            .snapshot(self.order_id)
-            .await?
-            .ok_or(SagaError::NotFound)?;
+        let order = self.order().await?;
         if order.status != OrderStatus::Pending {
             return Err(SagaError::NotPending(order.status));
         }
         let intent = order
             .payment_intent_id
+            .clone()
             .ok_or_else(|| SagaError::Unavailable("the order has no payment intent".into()))?;
         // Each attempt has a key of its own: a retry after a decline is a new confirmation.
         let attempt = ledger.next_payment_attempt(self.order_id).await?;
+        self.remember(Some(OrderSnapshot {
+            payment_attempt: attempt,
+            ..order
+        }));
         let key = IdempotencyKey::confirm(self.order_id, attempt as u32);
         let payments = self.deps.payments.as_ref();
         let unknown = |why: String| {
@@ -741,9 +818,12 @@ impl ShopActor for OrderSaga {
             order_id: args.order_id,
             deps: args.deps,
             myself,
+            holding: Holding::anywhere(),
+            known: Mutex::new(None),
         };
         // A resumed saga (the order exists) picks its deadline up again.
-        if let Some(order) = state.deps.ledger.snapshot(state.order_id).await?
+        if !args.fresh
+            && let Some(order) = state.deps.ledger.snapshot(state.order_id).await?
             && order.status == OrderStatus::Pending
         {
             state.schedule_expiry(order.expires_at);

@@ -66,12 +66,24 @@ impl SupervisorState {
         myself: &Mailbox<OrderSupervisorMsg>,
         order: Uuid,
     ) -> Result<Mailbox<SagaMsg>, ActorError> {
+        self.saga_for(myself, order, false).await
+    }
+
+    /// The saga of `order`, started if needed; `fresh` for a checkout's new order (the saga
+    /// then reads nothing back at start).
+    async fn saga_for(
+        &mut self,
+        myself: &Mailbox<OrderSupervisorMsg>,
+        order: Uuid,
+        fresh: bool,
+    ) -> Result<Mailbox<SagaMsg>, ActorError> {
         if let Some(saga) = self.sagas.running(&order) {
             return Ok(saga);
         }
         let args = SagaArgs {
             order_id: order,
             deps: self.args.deps.clone(),
+            fresh,
         };
         let name = format!("{}order-{order}", self.args.prefix);
         let (saga, _) = instrument::spawn(Some(name), OrderSaga, args, Some(myself.cell()))
@@ -245,7 +257,7 @@ impl ShopActor for OrderSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             OrderSupervisorMsg::Checkout(checkout, reply) => {
-                match state.saga(&myself, checkout.order.id).await {
+                match state.saga_for(&myself, checkout.order.id, true).await {
                     Ok(saga) => forward(
                         saga,
                         move |r| SagaMsg::Begin(checkout, r),
