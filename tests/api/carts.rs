@@ -573,3 +573,52 @@ async fn a_refused_checkout_leaves_the_cart_intact() {
     assert_eq!(quantities, vec![(pen, 2), (mug, 1)]);
     assert_eq!(stored_units(&app, customer.id).await, 3);
 }
+
+#[tokio::test]
+async fn adds_of_many_carts_at_once_are_each_written_once_and_a_refused_line_fails_alone() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let pen = product(&app, &admin, "Pen", "PEN", 300, 10_000).await;
+    let mut customers = Vec::new();
+    for _ in 0..24 {
+        let customer = app.login_as_customer().await;
+        // Loads the cart into its actor.
+        assert_eq!(cart(&app, &customer).await["items"], json!([]));
+        customers.push(customer);
+    }
+    // One cart row disappears behind its actor's back: its next line breaks the foreign key, and
+    // if it shares a batch with the others, the batch is refused as a whole.
+    let victim = &customers[0];
+    sqlx::query("DELETE FROM carts WHERE user_id = $1")
+        .bind(victim.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let body = json!({"variant_id": variant_of(&pen), "quantity": 2});
+    for round in 1..=3 {
+        let adds = customers.iter().map(|c| add(&app, c, body.clone()));
+        let statuses: Vec<u16> = futures::future::join_all(adds)
+            .await
+            .iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+        assert!(
+            statuses[0] >= 500,
+            "the line of a vanished cart is refused: {statuses:?}"
+        );
+        assert_eq!(
+            statuses[1..].iter().filter(|s| **s == 200).count(),
+            23,
+            "every other cart's add is made: {statuses:?}"
+        );
+        let stored: Vec<(i32,)> = sqlx::query_as("SELECT quantity FROM cart_items")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 23, "one line per cart, written once");
+        assert!(stored.iter().all(|(q,)| *q == 2 * round), "{stored:?}");
+    }
+    for customer in &customers[1..] {
+        assert_eq!(cart(&app, customer).await["items"][0]["quantity"], 6);
+    }
+}

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::checkout::Handoff;
+use super::journal::Journal;
 use super::{CartError, CartLine, CartSnapshot, MAX_LINES, MAX_QUANTITY, store};
 use crate::instrument::{Mailbox, ShopActor};
 use crate::inventory::Inventory;
@@ -108,13 +109,20 @@ impl Ticket {
 pub struct CartArgs {
     pub user: Uuid,
     pub db: PgPool,
+    /// Where line writes are group-committed with other carts'.
+    pub journal: Arc<Journal>,
     pub inventory: Inventory,
     pub idle_timeout: Duration,
 }
 
 pub struct CartState {
+    /// Read from PostgreSQL by the first call (see `loaded`), not at start: the supervisor
+    /// spawns carts one at a time, and a start that waited on the database made every new
+    /// customer wait behind every other one's read.
     cart: CartSnapshot,
+    loaded: bool,
     db: PgPool,
+    journal: Arc<Journal>,
     inventory: Inventory,
     idle_timeout: Duration,
     last_touched: Instant,
@@ -200,7 +208,9 @@ impl CartState {
                 added_at: Utc::now(),
             },
         };
-        store::upsert_line(&self.db, self.cart.cart_id, &line, deadline).await?;
+        self.journal
+            .upsert(self.cart.cart_id, &line, deadline)
+            .await?;
         match existing {
             Some(at) => self.cart.lines[at] = line,
             None => self.cart.lines.push(line),
@@ -234,7 +244,9 @@ impl CartState {
             quantity,
             ..self.cart.lines[at].clone()
         };
-        store::upsert_line(&self.db, self.cart.cart_id, &updated, deadline).await?;
+        self.journal
+            .upsert(self.cart.cart_id, &updated, deadline)
+            .await?;
         self.cart.lines[at] = updated;
         Ok(())
     }
@@ -340,13 +352,21 @@ impl ShopActor for CartActor {
         myself: Mailbox<CartMsg>,
         args: CartArgs,
     ) -> Result<CartState, ActorProcessingErr> {
-        let cart = store::load(&args.db, args.user).await?;
+        let cart = CartSnapshot {
+            cart_id: Uuid::nil(),
+            user_id: args.user,
+            lines: Vec::new(),
+            coupon_code: None,
+            updated_at: Utc::now(),
+        };
         let every =
             (args.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         myself.cast_every(every, || CartMsg::IdleCheck);
         Ok(CartState {
             cart,
+            loaded: false,
             db: args.db,
+            journal: args.journal,
             inventory: args.inventory,
             idle_timeout: args.idle_timeout,
             last_touched: Instant::now(),
@@ -361,6 +381,26 @@ impl ShopActor for CartActor {
     ) -> Result<(), ActorProcessingErr> {
         if !matches!(message, CartMsg::IdleCheck) {
             state.last_touched = Instant::now();
+            if !state.loaded {
+                match store::load(&state.db, state.cart.user_id).await {
+                    Ok(cart) => {
+                        state.cart = cart;
+                        state.loaded = true;
+                    }
+                    // This call is answered unmade; the next one reads again.
+                    Err(error) => {
+                        let error = CartError::from(error);
+                        match message {
+                            CartMsg::Get(reply) | CartMsg::Change { reply, .. } => {
+                                let _ = reply.send(Err(error));
+                            }
+                            CartMsg::CheckOut { handoff, .. } => handoff.refuse(error),
+                            CartMsg::IdleCheck => {}
+                        }
+                        return Ok(());
+                    }
+                }
+            }
         }
         match message {
             CartMsg::Get(reply) => state.answer(reply, Ok(())),

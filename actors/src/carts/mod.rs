@@ -1,7 +1,9 @@
 //! Carts: one actor per active customer, spawned on first touch by the cart supervisor under a
 //! predictable name, serving that customer's cart calls one at a time (two tabs adding at once
 //! cannot lose an update), writing every change through to PostgreSQL before it answers, and
-//! stopping after an idle timeout (revived from PostgreSQL on the next touch).
+//! stopping after an idle timeout (revived from PostgreSQL on the next touch). Adds and quantity
+//! changes of many carts are group-committed ([`journal`]): one transaction for whatever lines
+//! are waiting, each still bounded by its own call's deadline.
 //!
 //! # Timeouts, and why a change is made once or never
 //! A caller waits at most `call_timeout` (the outer bound). Each change carries a [`Ticket`]
@@ -34,6 +36,7 @@
 
 mod actor;
 mod checkout;
+mod journal;
 mod store;
 mod supervisor;
 
@@ -161,6 +164,7 @@ impl Carts {
         let slot = Slot::empty(CartSupervisor::KIND_NAME);
         let args = supervisor::SupervisorArgs {
             prefix: prefix.to_owned(),
+            journal: journal::Journal::new(db.clone()),
             db,
             inventory,
             idle_timeout: config.idle_timeout,

@@ -3,45 +3,68 @@
 
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{CartError, CartLine, CartSnapshot};
 
-/// The customer's cart with its lines, created empty on first touch.
+/// The customer's cart with its lines, created empty on first touch; one statement.
 pub async fn load(db: &PgPool, user: Uuid) -> Result<CartSnapshot, sqlx::Error> {
-    let (cart_id, coupon_code, updated_at): (Uuid, Option<String>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as(
-            "INSERT INTO carts (id, user_id) VALUES ($1, $2)
+    type Row = (
+        Uuid,
+        Option<String>,
+        DateTime<Utc>,
+        Option<Uuid>,
+        Option<Uuid>,
+        Option<i32>,
+        Option<i64>,
+        Option<DateTime<Utc>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH cart AS (
+             INSERT INTO carts (id, user_id) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id
-             RETURNING id, coupon_code::text, updated_at",
-        )
-        .bind(Uuid::now_v7())
-        .bind(user)
-        .fetch_one(db)
-        .await?;
-    let rows: Vec<(Uuid, Uuid, i32, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT id, variant_id, quantity, unit_price_at_add, added_at FROM cart_items
-         WHERE cart_id = $1 ORDER BY added_at, id",
+             RETURNING id, coupon_code::text, updated_at
+         )
+         SELECT cart.id, cart.coupon_code, cart.updated_at,
+                i.id, i.variant_id, i.quantity, i.unit_price_at_add, i.added_at
+         FROM cart LEFT JOIN cart_items i ON i.cart_id = cart.id
+         ORDER BY i.added_at, i.id",
     )
-    .bind(cart_id)
+    .bind(Uuid::now_v7())
+    .bind(user)
     .fetch_all(db)
     .await?;
+    let (cart_id, coupon_code, updated_at) = match rows.first() {
+        Some((id, coupon, updated_at, ..)) => (*id, coupon.clone(), *updated_at),
+        None => return Err(sqlx::Error::RowNotFound),
+    };
+    let mut lines = Vec::with_capacity(rows.len());
+    for (_, _, _, id, variant, quantity, price, added_at) in rows {
+        // The LEFT JOIN's one row of an empty cart has no line.
+        if let (
+            Some(id),
+            Some(variant_id),
+            Some(quantity),
+            Some(unit_price_at_add),
+            Some(added_at),
+        ) = (id, variant, quantity, price, added_at)
+        {
+            lines.push(CartLine {
+                id,
+                variant_id,
+                quantity,
+                unit_price_at_add,
+                added_at,
+            });
+        }
+    }
     Ok(CartSnapshot {
         cart_id,
         user_id: user,
-        lines: rows
-            .into_iter()
-            .map(
-                |(id, variant_id, quantity, unit_price_at_add, added_at)| CartLine {
-                    id,
-                    variant_id,
-                    quantity,
-                    unit_price_at_add,
-                    added_at,
-                },
-            )
-            .collect(),
+        lines,
         coupon_code,
         updated_at,
     })
@@ -120,6 +143,37 @@ pub async fn upsert_line(
     .bind(line.quantity)
     .bind(line.unit_price_at_add)
     .bind(line.added_at);
+    write(db, deadline, query).await
+}
+
+/// [`upsert_line`] for lines of many carts (at most one line per cart and variant), in one
+/// statement of one transaction.
+pub async fn upsert_lines(
+    db: &PgPool,
+    lines: &[(Uuid, &CartLine)],
+    deadline: Instant,
+) -> Result<(), CartError> {
+    let carts: Vec<Uuid> = lines.iter().map(|(cart, _)| *cart).collect();
+    let query = sqlx::query(
+        "WITH line AS (
+             INSERT INTO cart_items (id, cart_id, variant_id, quantity, unit_price_at_add, added_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::bigint[],
+                                  $6::timestamptz[])
+             ON CONFLICT (cart_id, variant_id) DO UPDATE SET quantity = EXCLUDED.quantity
+         )
+         UPDATE carts SET updated_at = now() WHERE id = ANY($2)",
+    )
+    .bind(lines.iter().map(|(_, l)| l.id).collect::<Vec<_>>())
+    .bind(&carts)
+    .bind(lines.iter().map(|(_, l)| l.variant_id).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, l)| l.quantity).collect::<Vec<_>>())
+    .bind(
+        lines
+            .iter()
+            .map(|(_, l)| l.unit_price_at_add)
+            .collect::<Vec<_>>(),
+    )
+    .bind(lines.iter().map(|(_, l)| l.added_at).collect::<Vec<_>>());
     write(db, deadline, query).await
 }
 
