@@ -222,10 +222,7 @@ impl<A: ShopActor> Actor for Instrumented<A> {
         myself: ActorRef<Self::Msg>,
         (args, depth): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let inner = self
-            .0
-            .pre_start(Self::mailbox(&myself, &depth), args)
-            .await?;
+        let inner = Box::pin(self.0.pre_start(Self::mailbox(&myself, &depth), args)).await?;
         metrics::gauge!("actor_alive", "kind" => A::KIND).increment(1.0);
         // The kind's restart counter exists from its first start, at 0: a restart is then an
         // increase that `increase(actor_restarts_total[10m])` sees, not a series born at 1.
@@ -250,14 +247,16 @@ impl<A: ShopActor> Actor for Instrumented<A> {
         depth.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("actor_mailbox_depth", "kind" => A::KIND).decrement(1.0);
         let started = Instant::now();
-        let result = self
-            .0
-            .handle(
-                Self::mailbox(&myself, depth),
-                envelope.message,
-                &mut state.inner,
-            )
-            .await;
+        // Boxed: ractor keeps each actor's receive loop as one future, sized for the largest
+        // state it can be in. Inline, a handler's whole state machine (its SQL futures with
+        // theirs) was part of every idle actor; boxed, it is allocated only while a message is
+        // handled, and an idle cart is a few hundred bytes of loop.
+        let result = Box::pin(self.0.handle(
+            Self::mailbox(&myself, depth),
+            envelope.message,
+            &mut state.inner,
+        ))
+        .await;
         metrics::histogram!("actor_message_duration_seconds", "kind" => A::KIND)
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("actor_messages_total", "kind" => A::KIND).increment(1);
@@ -270,7 +269,7 @@ impl<A: ShopActor> Actor for Instrumented<A> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let mailbox = Self::mailbox(&myself, &state.depth);
-        self.0.post_stop(mailbox, &mut state.inner).await
+        Box::pin(self.0.post_stop(mailbox, &mut state.inner)).await
     }
 
     async fn handle_supervisor_evt(
@@ -280,9 +279,11 @@ impl<A: ShopActor> Actor for Instrumented<A> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let mailbox = Self::mailbox(&myself, &state.depth);
-        self.0
-            .handle_supervisor_evt(mailbox, event, &mut state.inner)
-            .await
+        Box::pin(
+            self.0
+                .handle_supervisor_evt(mailbox, event, &mut state.inner),
+        )
+        .await
     }
 }
 
