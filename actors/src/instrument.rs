@@ -250,7 +250,7 @@ impl<A: ShopActor> Actor for Instrumented<A> {
         // Boxed: ractor keeps each actor's receive loop as one future, sized for the largest
         // state it can be in. Inline, a handler's whole state machine (its SQL futures with
         // theirs) was part of every idle actor; boxed, it is allocated only while a message is
-        // handled, and an idle cart is a few hundred bytes of loop.
+        // handled (one allocation per message, beside the reply channels it already makes).
         let result = Box::pin(self.0.handle(
             Self::mailbox(&myself, depth),
             envelope.message,
