@@ -222,7 +222,12 @@ impl<A: ShopActor> Actor for Instrumented<A> {
         myself: ActorRef<Self::Msg>,
         (args, depth): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let inner = Box::pin(self.0.pre_start(Self::mailbox(&myself, &depth), args)).await?;
+        // Not boxed here: ractor boxes pre_start and post_stop itself, only the handlers of
+        // messages and supervision events run inline in its receive loop.
+        let inner = self
+            .0
+            .pre_start(Self::mailbox(&myself, &depth), args)
+            .await?;
         metrics::gauge!("actor_alive", "kind" => A::KIND).increment(1.0);
         // The kind's restart counter exists from its first start, at 0: a restart is then an
         // increase that `increase(actor_restarts_total[10m])` sees, not a series born at 1.
@@ -269,7 +274,7 @@ impl<A: ShopActor> Actor for Instrumented<A> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let mailbox = Self::mailbox(&myself, &state.depth);
-        Box::pin(self.0.post_stop(mailbox, &mut state.inner)).await
+        self.0.post_stop(mailbox, &mut state.inner).await
     }
 
     async fn handle_supervisor_evt(
