@@ -150,31 +150,21 @@ impl Journal {
         };
         let lines: Vec<(Uuid, &CartLine)> = live.iter().map(|q| (q.cart, &q.line)).collect();
         match store::upsert_lines(&self.db, &lines, deadline).await {
-            Ok(()) => {
-                for queued in live {
-                    let _ = queued.done.send(Ok(()));
-                }
-            }
-            Err(error @ CartError::Interrupted(_)) => {
-                for queued in live {
-                    let _ = queued.done.send(Err(error.clone()));
-                }
-            }
-            Err(error) if live.len() == 1 => {
-                for queued in live {
-                    let _ = queued.done.send(Err(error.clone()));
-                }
-            }
             // Rolled back as a whole: each line on its own, for its own answer.
-            Err(error) => {
+            Err(error) if live.len() > 1 && !matches!(error, CartError::Interrupted(_)) => {
                 tracing::debug!(%error, lines = live.len(), "a batch of cart lines was refused; writing them one by one");
                 let alone = live.into_iter().map(|queued| async move {
-                    let result =
-                        store::upsert_line(&self.db, queued.cart, &queued.line, queued.deadline)
-                            .await;
+                    let line = [(queued.cart, &queued.line)];
+                    let result = store::upsert_lines(&self.db, &line, queued.deadline).await;
                     let _ = queued.done.send(result);
                 });
                 futures::future::join_all(alone).await;
+            }
+            // Committed, refused on its own (one line), or unknown (the commit's answer was lost).
+            result => {
+                for queued in live {
+                    let _ = queued.done.send(result.clone());
+                }
             }
         }
     }

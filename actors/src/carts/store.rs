@@ -123,30 +123,7 @@ async fn write(
     }
 }
 
-pub async fn upsert_line(
-    db: &PgPool,
-    cart: Uuid,
-    line: &CartLine,
-    deadline: Instant,
-) -> Result<(), CartError> {
-    let query = sqlx::query(
-        "WITH line AS (
-             INSERT INTO cart_items (id, cart_id, variant_id, quantity, unit_price_at_add, added_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (cart_id, variant_id) DO UPDATE SET quantity = EXCLUDED.quantity
-         )
-         UPDATE carts SET updated_at = now() WHERE id = $2",
-    )
-    .bind(line.id)
-    .bind(cart)
-    .bind(line.variant_id)
-    .bind(line.quantity)
-    .bind(line.unit_price_at_add)
-    .bind(line.added_at);
-    write(db, deadline, query).await
-}
-
-/// [`upsert_line`] for lines of many carts (at most one line per cart and variant), in one
+/// Inserts or updates lines of one or many carts (at most one line per cart and variant), in one
 /// statement of one transaction.
 pub async fn upsert_lines(
     db: &PgPool,
