@@ -420,11 +420,7 @@ impl Inventory {
 
     fn shards_of(&self, holding: &Holding) -> Vec<usize> {
         match &holding.shards {
-            Some(shards) => shards
-                .iter()
-                .copied()
-                .filter(|s| *s < self.shards.len())
-                .collect(),
+            Some(shards) => shards.iter().copied().collect(),
             None => (0..self.shards.len()).collect(),
         }
     }

@@ -290,6 +290,9 @@ impl SagaState {
                     metrics::counter!("order_gifts_left_out_total").increment(1);
                 }
                 Err(error) => {
+                    // A gift's shard may still hold what its failed reservation could not take
+                    // back: released on every shard, as the paid lines are.
+                    self.holding = Holding::anywhere();
                     self.release_stock().await;
                     return Err(CheckoutError::Unavailable(error.to_string()));
                 }
