@@ -1,7 +1,5 @@
 //! The order tables.
 
-use std::collections::{BTreeMap, HashMap};
-
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
@@ -68,62 +66,28 @@ impl OrderRow {
     }
 }
 
+/// An order's lines as one JSON array, in the order they are shown (by name, then SKU); the
+/// row's order is `o`.
+const ITEMS_JSON: &str = "(SELECT coalesce(json_agg(json_build_object(
+             'id', i.id, 'product_id', i.product_id, 'variant_id', i.variant_id,
+             'sku', i.sku, 'name', i.name, 'options', i.options,
+             'unit_price', i.unit_price, 'quantity', i.quantity,
+             'line_total', i.line_total, 'discount', i.discount, 'gift', i.gift)
+             ORDER BY i.name, i.sku), '[]')
+         FROM order_items i WHERE i.order_id = o.id) AS items";
+
+/// An order row with its lines ([`ITEMS_JSON`]).
 #[derive(FromRow)]
-struct ItemRow {
-    id: Uuid,
-    order_id: Uuid,
-    product_id: Uuid,
-    variant_id: Uuid,
-    sku: String,
-    name: String,
-    options: sqlx::types::Json<BTreeMap<String, String>>,
-    unit_price: i64,
-    quantity: i32,
-    line_total: i64,
-    discount: i64,
-    gift: bool,
+struct WithItems {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    items: sqlx::types::Json<Vec<OrderItem>>,
 }
 
-async fn items_of(
-    db: &PgPool,
-    orders: &[Uuid],
-) -> Result<HashMap<Uuid, Vec<OrderItem>>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, ItemRow>(
-        "SELECT id, order_id, product_id, variant_id, sku, name, options, unit_price, quantity, line_total,
-                discount, gift
-         FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, name, sku",
-    )
-    .bind(orders)
-    .fetch_all(db)
-    .await?;
-    let mut items: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
-    for row in rows {
-        items.entry(row.order_id).or_default().push(OrderItem {
-            id: row.id,
-            product_id: row.product_id,
-            variant_id: row.variant_id,
-            sku: row.sku,
-            name: row.name,
-            options: row.options.0,
-            unit_price: row.unit_price,
-            quantity: row.quantity,
-            line_total: row.line_total,
-            discount: row.discount,
-            gift: row.gift,
-        });
+impl WithItems {
+    fn into_order(self) -> Result<Order, sqlx::Error> {
+        self.order.into_order(self.items.0)
     }
-    Ok(items)
-}
-
-async fn with_items(db: &PgPool, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let mut items = items_of(db, &ids).await?;
-    rows.into_iter()
-        .map(|row| {
-            let lines = items.remove(&row.id).unwrap_or_default();
-            row.into_order(lines)
-        })
-        .collect()
 }
 
 /// The full order with its lines and history, in one statement (a checkout answers with it).
@@ -131,20 +95,12 @@ pub async fn find(db: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     #[derive(FromRow)]
     struct Full {
         #[sqlx(flatten)]
-        order: OrderRow,
-        items: sqlx::types::Json<Vec<OrderItem>>,
+        order: WithItems,
         history: sqlx::types::Json<Vec<StatusChange>>,
     }
     // Statuses decode through OrderStatus's serde: an unknown one fails the read.
     let row = sqlx::query_as::<_, Full>(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS},
-             (SELECT coalesce(json_agg(json_build_object(
-                         'id', i.id, 'product_id', i.product_id, 'variant_id', i.variant_id,
-                         'sku', i.sku, 'name', i.name, 'options', i.options,
-                         'unit_price', i.unit_price, 'quantity', i.quantity,
-                         'line_total', i.line_total, 'discount', i.discount, 'gift', i.gift)
-                         ORDER BY i.name, i.sku), '[]')
-              FROM order_items i WHERE i.order_id = o.id) AS items,
+        "SELECT {ORDER_COLUMNS}, {ITEMS_JSON},
              (SELECT coalesce(json_agg(json_build_object(
                          'from', h.from_status, 'to', h.to_status, 'at', h.at, 'reason', h.reason)
                          ORDER BY h.at, h.id), '[]')
@@ -155,7 +111,7 @@ pub async fn find(db: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
     .fetch_optional(db)
     .await?;
     let Some(full) = row else { return Ok(None) };
-    let mut order = full.order.into_order(full.items.0)?;
+    let mut order = full.order.into_order()?;
     order.status_history = Some(full.history.0);
     Ok(Some(order))
 }
@@ -176,8 +132,8 @@ pub async fn list(
     .bind(status)
     .fetch_one(db)
     .await?;
-    let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders
+    let rows = sqlx::query_as::<_, WithItems>(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS}, {ITEMS_JSON} FROM orders o
          WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2)
          ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
     )))
@@ -187,7 +143,11 @@ pub async fn list(
     .bind(offset)
     .fetch_all(db)
     .await?;
-    Ok((with_items(db, rows).await?, total))
+    let orders = rows
+        .into_iter()
+        .map(WithItems::into_order)
+        .collect::<Result<_, _>>()?;
+    Ok((orders, total))
 }
 
 /// Writes a new pending order awaiting the payment of `intent`, its lines and its first history
