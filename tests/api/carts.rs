@@ -322,18 +322,6 @@ async fn a_crashed_cart_actor_is_restarted_with_its_state() {
     assert_eq!(cart(&app, &customer).await["items"][0]["quantity"], 2);
 }
 
-/// The cart's row, held by a connection of the test: the cart actor's next write waits behind it
-/// (an honest way to make the actor slow, no test hook in the actor).
-async fn hold_cart_row(app: &TestApp, cart: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut blocker = app.db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM carts WHERE id = $1 FOR UPDATE")
-        .bind(cart)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    blocker
-}
-
 async fn stored_quantity(app: &TestApp, cart: Uuid) -> Option<i32> {
     sqlx::query_scalar("SELECT quantity FROM cart_items WHERE cart_id = $1")
         .bind(cart)
@@ -354,7 +342,7 @@ async fn an_add_whose_caller_gave_up_is_never_applied_so_a_retry_adds_once() {
     let carts = &app.state.actors.carts;
     let cart_id = carts.get(customer.id).await.unwrap().cart_id;
 
-    let blocker = hold_cart_row(&app, cart_id).await;
+    let blocker = app.hold_cart_row(cart_id).await;
     let started = Instant::now();
     let gave_up = carts.add(customer.id, variant, 1, 300).await;
     let waited = started.elapsed();

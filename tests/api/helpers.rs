@@ -363,6 +363,18 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
 }
 
 impl TestApp {
+    /// A cart's row, held by a connection of the test: the cart actor's next write waits behind
+    /// it (an honest way to make the actor slow, no test hook in the actor).
+    pub async fn hold_cart_row(&self, cart: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut blocker = self.db.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM carts WHERE id = $1 FOR UPDATE")
+            .bind(cart)
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        blocker
+    }
+
     /// (on hand, held, sold) of a variant, from PostgreSQL: the inventory's ledger.
     pub async fn stock_ledger(&self, variant: Uuid) -> (i32, i32, i32) {
         sqlx::query_as(

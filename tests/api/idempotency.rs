@@ -155,16 +155,10 @@ async fn shop_with_a_mug(app: &TestApp, stock: i64) -> (String, Session) {
     (mug, app.login_as_customer().await)
 }
 
-/// The cart's row, held by a connection of the test: the cart actor's next write waits behind it.
+/// The customer's cart row, held: the cart actor's next write waits behind it.
 async fn hold_cart_row(app: &TestApp, who: &Session) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let cart = app.state.actors.carts.get(who.id).await.unwrap().cart_id;
-    let mut blocker = app.db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM carts WHERE id = $1 FOR UPDATE")
-        .bind(cart)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    blocker
+    app.hold_cart_row(cart).await
 }
 
 async fn wait_for_claim(app: &TestApp, who: &Session, key: &str) {
