@@ -7,15 +7,6 @@ local pay = true
 local ADDRESS = '{"shipping_address": {"name": "Bench", "line1": "1 Main St", "city": "Springfield", '
   .. '"postal_code": "12345", "country": "US"}}'
 
--- A 200 that is not a success (a declined or failed payment) counts as a failed answer too.
-local function refuse(status, body)
-  non2xx = non2xx + 1
-  if bad_status == 0 then
-    bad_status = status
-    bad_body = string.sub(body or "", 1, 300)
-  end
-end
-
 workload = {
   init = function(opts) pay = opts.pay ~= "false" end,
   customer = function(token, index)
@@ -52,6 +43,7 @@ workload = {
     else
       c.step = "add"
       if body:find('"status":"succeeded"', 1, true) then return true end
+      -- A 200 that is not a success (a declined or failed payment) counts as failed too.
       refuse(status, body)
     end
     return false

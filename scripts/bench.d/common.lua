@@ -122,15 +122,19 @@ function request()
   return wrk.format(method, path, headers, body)
 end
 
+-- Counts a failed answer, keeping the first one's status and body for the report. Workloads call
+-- it too, for a 2xx that is not a success.
+function refuse(status, body)
+  non2xx = non2xx + 1
+  if bad_status == 0 then
+    bad_status = status
+    bad_body = string.sub(body or "", 1, 300)
+  end
+end
+
 function response(status, headers, body)
   local ok = status >= 200 and status < 300
-  if not ok then
-    non2xx = non2xx + 1
-    if bad_status == 0 then
-      bad_status = status
-      bad_body = string.sub(body or "", 1, 300)
-    end
-  end
+  if not ok then refuse(status, body) end
   local index = nil
   local id = headers["x-request-id"] or headers["X-Request-Id"]
   if id then index = tonumber(id:match("^bench%-c(%d+)%-")) end
