@@ -1,7 +1,8 @@
 //! Checkout: the customer's cart becomes an order in one hand-off. The cart actor gives its lines
 //! to [`place`] inside one message (`Carts::check_out`), so an item added meanwhile waits behind
 //! the checkout and lands in the emptied cart; [`place`] prices the lines into a [`NewOrder`] and
-//! starts its saga; the cart empties itself only once the order exists.
+//! starts its saga, whose order transaction empties the cart's rows too: the order exists and
+//! the cart is empty, or neither.
 //!
 //! A checkout whose answer was lost (the client gave up, the connection dropped) is not made
 //! twice: its cart is empty by then, and a checkout of an empty cart right after answers with the
@@ -68,11 +69,6 @@ pub async fn check_out(state: &AppState, request: CheckoutRequest) -> Result<Uui
             None => Err(AppError::invalid("cart", "is empty")),
         },
         Err(HandoffError::NotPlaced(error)) => Err(crate::carts::cart_error(error, None)),
-        Err(HandoffError::NotEmptied { order, error }) => {
-            // The order stands; the lines left in the cart are the customer's to remove.
-            tracing::error!(%order, %error, "order placed but the cart could not be emptied");
-            Ok(order)
-        }
         // The placer may still be writing an order: no guess at which, a retry queues behind it
         // in the cart and finds it.
         Err(HandoffError::Unanswered(error)) => Err(crate::carts::cart_error(error, None)),
@@ -89,6 +85,7 @@ async fn place(
         return Err(NotPlaced::Empty);
     }
     let refused = NotPlaced::Refused;
+    let cart_id = cart.cart_id;
     // Priced on the server with the pricing module, the coupon read fresh from PostgreSQL (its
     // limits decide the use): nothing of the price comes from the client.
     let coupon = match &cart.coupon_code {
@@ -163,6 +160,7 @@ async fn place(
         coupon_id: claim.as_ref().map(|c| c.coupon_id),
         coupon_code,
         note: None,
+        cart_id: Some(cart_id),
     };
     let order_id = order.id;
     let checkout = Checkout {

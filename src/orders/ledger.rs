@@ -218,6 +218,9 @@ impl PgOrderLedger {
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.db.begin().await?;
         store::insert(&mut tx, order, intent, reserved_units).await?;
+        if let Some(cart) = order.cart_id {
+            shop_actors::carts::empty_in(&mut tx, cart).await?;
+        }
         if let Some((key, hash)) = idempotency {
             store::remember_checkout(&mut tx, order.user_id, key, hash, order.id).await?;
         }

@@ -461,12 +461,18 @@ async fn checkout_and_concurrent_adds_lose_no_unit_in_50_rounds() {
         let mut checkout = None;
         for i in 0..=ADDS {
             if i == round % (ADDS + 1) {
-                let carts = carts.clone();
+                let (carts, db) = (carts.clone(), app.db.clone());
                 checkout = Some(tokio::spawn(async move {
                     carts
                         .check_out(customer.id, Duration::from_secs(5), |cart| async move {
                             // Creating an order takes a while; adds sent meanwhile queue behind.
+                            // The order's transaction empties the cart, as the orders' does.
                             tokio::time::sleep(Duration::from_millis(10)).await;
+                            let mut tx = db.begin().await.map_err(|e| e.to_string())?;
+                            shop_actors::carts::empty_in(&mut tx, cart.cart_id)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            tx.commit().await.map_err(|e| e.to_string())?;
                             Ok::<i64, String>(units(&cart))
                         })
                         .await
@@ -508,6 +514,43 @@ async fn checkout_and_concurrent_adds_lose_no_unit_in_50_rounds() {
         split_rounds > 0,
         "no round had adds on both sides of a checkout"
     );
+}
+
+/// A placer may refuse without knowing its order's fate (the saga's answer came too late while
+/// the order's transaction, which empties the cart, committed). The cart then does not trust its
+/// memory: its next call reads the rows again, and shows what PostgreSQL holds.
+#[tokio::test]
+async fn after_a_refused_checkout_the_cart_shows_what_postgres_holds() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let pen = product(&app, &admin, "Pen", "PEN", 300, 50).await;
+    let pen: Uuid = variant_of(&pen).parse().unwrap();
+    let customer = app.login_as_customer().await;
+    let carts = &app.state.actors.carts;
+    carts.add(customer.id, pen, 2, 300).await.unwrap();
+
+    let db = app.db.clone();
+    let refused = carts
+        .check_out(customer.id, Duration::from_secs(5), |cart| async move {
+            shop_actors::carts::empty_in(&mut db.acquire().await.unwrap(), cart.cart_id)
+                .await
+                .unwrap();
+            Err::<(), _>("no answer in time")
+        })
+        .await;
+    assert!(matches!(
+        refused,
+        Err(CheckoutError::Refused("no answer in time"))
+    ));
+    assert!(carts.get(customer.id).await.unwrap().lines.is_empty());
+    assert_eq!(stored_units(&app, customer.id).await, 0);
+    let added = carts.add(customer.id, pen, 1, 300).await.unwrap();
+    assert_eq!(
+        units(&added),
+        1,
+        "no line of the checked-out cart comes back"
+    );
+    assert_eq!(stored_units(&app, customer.id).await, 1);
 }
 
 /// A placer that fails leaves the cart as it was, and an add sent during the checkout is kept.

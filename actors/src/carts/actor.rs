@@ -17,9 +17,6 @@ use crate::inventory::Inventory;
 
 type Reply = RpcReplyPort<Result<CartSnapshot, CartError>>;
 
-/// How long the cart keeps trying to empty itself once the order for its lines exists.
-pub(super) const EMPTY_BUDGET: Duration = Duration::from_secs(2);
-
 /// How long past its `place_timeout` the cart still waits for a placer before it stops waiting,
 /// keeps its lines and serves the next calls (a placer that never answers must not freeze the
 /// cart).
@@ -33,7 +30,8 @@ pub enum CartMsg {
         ticket: Ticket,
         reply: Reply,
     },
-    /// Checkout: hand the lines to an order placer, and empty the cart only once the order exists.
+    /// Checkout: hand the lines to an order placer; once the order exists (its transaction
+    /// emptied the cart's rows), forget the lines.
     CheckOut {
         ticket: Ticket,
         place_timeout: Duration,
@@ -267,24 +265,25 @@ impl CartState {
         Ok(())
     }
 
-    /// Hands the lines to the placer and, once the order exists, empties the cart. Runs as one
-    /// message, so adds sent meanwhile wait in the mailbox and land in the emptied cart: no line
-    /// is both ordered and kept, none is neither.
-    /// Answers the caller itself; returns how emptying went (`Ok` when there was nothing to
-    /// empty).
-    async fn check_out(
-        &mut self,
-        handoff: Box<dyn Handoff>,
-        place_timeout: Duration,
-    ) -> Result<(), CartError> {
+    /// Hands the lines to the placer; once the order exists, forgets them (the placer's
+    /// transaction emptied the rows). Runs as one message, so adds sent meanwhile wait in the
+    /// mailbox and land in the emptied cart: no line is both ordered and kept, none is neither.
+    /// The placer answers the caller itself.
+    async fn check_out(&mut self, handoff: Box<dyn Handoff>, place_timeout: Duration) {
         // The placer is never cut off within its `place_timeout`: stopping an order half-made
         // would leave unknown whether it exists. Past the overrun the caller has long given up;
         // the cart keeps its lines (the customer still sees them) rather than freeze.
         let placing = handoff.place(self.cart.clone());
-        let finish = match tokio::time::timeout(place_timeout + PLACER_OVERRUN, placing).await {
-            Ok(Some(finish)) => finish,
-            // Refused: the cart keeps its lines; the caller has the placer's error.
-            Ok(None) => return Ok(()),
+        match tokio::time::timeout(place_timeout + PLACER_OVERRUN, placing).await {
+            Ok(true) => {
+                self.cart.lines.clear();
+                self.cart.coupon_code = None;
+                self.cart.updated_at = Utc::now();
+            }
+            // Refused: the cart keeps its lines; the caller has the placer's error. A placer
+            // may refuse without knowing its order's fate (its answer came too late), so the
+            // cart reads its rows again before its next call rather than trust memory.
+            Ok(false) => self.loaded = false,
             Err(_) => {
                 metrics::counter!("cart_checkout_placer_overran_total").increment(1);
                 tracing::error!(
@@ -292,41 +291,7 @@ impl CartState {
                     ?place_timeout,
                     "an order placer overran its timeout; the cart keeps its lines, the order may exist"
                 );
-                return Ok(());
-            }
-        };
-        let emptied = self.empty_after_checkout().await;
-        if emptied.is_ok() {
-            self.cart.updated_at = Utc::now();
-        }
-        finish(emptied.clone());
-        emptied
-    }
-
-    /// Empties the cart whose lines are now an order. Emptying is idempotent, so it is retried;
-    /// if PostgreSQL stays unreachable past [`EMPTY_BUDGET`] the lines stay (in memory too, so
-    /// the actor never disagrees with the table) and the caller is told the order exists but the
-    /// cart was not emptied.
-    async fn empty_after_checkout(&mut self) -> Result<(), CartError> {
-        let until = Instant::now() + EMPTY_BUDGET;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match store::clear(&self.db, self.cart.cart_id, until).await {
-                Ok(()) => {
-                    self.cart.lines.clear();
-                    self.cart.coupon_code = None;
-                    return Ok(());
-                }
-                Err(error) if Instant::now() + pause < until => {
-                    tracing::warn!(%error, cart = %self.cart.cart_id, "emptying a checked-out cart failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(error) => {
-                    metrics::counter!("cart_checkout_not_emptied_total").increment(1);
-                    tracing::error!(%error, cart = %self.cart.cart_id, "a checked-out cart could not be emptied; its order exists");
-                    return Err(error);
-                }
+                self.loaded = false;
             }
         }
     }
@@ -429,11 +394,7 @@ impl ShopActor for CartActor {
                 handoff,
             } => {
                 if ticket.start() {
-                    if let Err(CartError::Interrupted(_)) =
-                        state.check_out(handoff, place_timeout).await
-                    {
-                        return Err("emptying a checked-out cart ended unknown; reloading".into());
-                    }
+                    state.check_out(handoff, place_timeout).await;
                 } else {
                     handoff.refuse(CartError::Expired);
                 }

@@ -23,13 +23,13 @@
 //!
 //! Checkout ([`Carts::check_out`]) waits longer, in layers, each outer bound above the inner:
 //! ```text
-//! caller waits   call_timeout + place_timeout + EMPTY_BUDGET
+//! caller waits   call_timeout + place_timeout
 //!  ├ the cart must start the hand-off by the ticket's deadline (call_timeout - grace), else
 //!  │ nothing is handed over (NotPlaced);
-//!  ├ the placer must answer within place_timeout (its own inner timeouts shorter still); the
-//!  │ cart never cuts it off within that time, as an order stopped half-made leaves unknown
-//!  │ whether it exists;
-//!  └ once the order exists, emptying the cart is retried within EMPTY_BUDGET.
+//!  └ the placer must answer within place_timeout (its own inner timeouts shorter still); the
+//!    cart never cuts it off within that time, as an order stopped half-made leaves unknown
+//!    whether it exists. The placer empties the cart's rows in its order's transaction
+//!    ([`empty_in`]), so there is no emptying left to wait for.
 //! ```
 //! Adds sent during a checkout wait behind it; if it outlasts their own deadline they are dropped
 //! unmade and answered `Expired` (a 503 the client retries).
@@ -51,9 +51,9 @@ use uuid::Uuid;
 use crate::instrument::{ActorError, Slot};
 use crate::inventory::Inventory;
 use crate::root::ChildSpec;
-use actor::EMPTY_BUDGET;
 pub use actor::{CartActor, CartMsg, Change, Ticket};
-pub use checkout::{CheckoutError, Finish, Handoff};
+pub use checkout::{CheckoutError, Handoff};
+pub use store::empty_in;
 pub use supervisor::{CartSupervisor, CartSupervisorMsg};
 
 /// Most lines a cart may have, and most units per line.
@@ -325,21 +325,22 @@ impl Carts {
     }
 
     /// Checks out `user`'s cart in one message to its actor: `place` gets the cart's lines and
-    /// creates the order; only when it answers `Ok` is the cart emptied (in PostgreSQL too), and
-    /// the answer is `Ok(order)`. If it fails, the cart keeps its lines and the answer is
-    /// [`CheckoutError::Refused`]. Adds sent meanwhile wait behind the checkout and land in the
-    /// emptied cart, so every unit ends either in the order or in the cart.
+    /// creates the order, emptying the cart's rows ([`empty_in`]) in the order's transaction;
+    /// when it answers `Ok` the cart forgets its lines and the answer is `Ok(order)`. If it
+    /// fails, the cart keeps its lines (reading them again from PostgreSQL before its next call)
+    /// and the answer is [`CheckoutError::Refused`]. Adds sent meanwhile wait behind the checkout
+    /// and land in the emptied cart, so every unit ends either in the order or in the cart.
     ///
     /// `place` runs inside the cart actor (a client that disconnects cannot cut it off) and must
-    /// answer within `place_timeout`: the caller waits `call_timeout + place_timeout +
-    /// EMPTY_BUDGET` in all (see the module doc for the layering). `place` gets the lines as they
-    /// are, even none: the placer decides what an empty cart means.
+    /// answer within `place_timeout`: the caller waits `call_timeout + place_timeout` in all (see
+    /// the module doc for the layering). `place` gets the lines as they are, even none: the
+    /// placer decides what an empty cart means.
     pub async fn check_out<T, E, P, Fut>(
         &self,
         user: Uuid,
         place_timeout: Duration,
         place: P,
-    ) -> Result<T, CheckoutError<T, E>>
+    ) -> Result<T, CheckoutError<E>>
     where
         P: FnOnce(CartSnapshot) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
@@ -348,7 +349,7 @@ impl Carts {
     {
         let started = Instant::now();
         let deadline = self.deadline(started);
-        let wait_until = started + self.timeout + place_timeout + EMPTY_BUDGET;
+        let wait_until = started + self.timeout + place_timeout;
         let placer: checkout::PlacerSlot<P> = Arc::new(Mutex::new(Some(place)));
         let asked = self
             .ask(user, deadline, wait_until, |ticket, reply| {

@@ -169,13 +169,17 @@ pub async fn delete_line(
     write(db, deadline, query).await
 }
 
+const CLEAR: &str = "WITH gone AS (DELETE FROM cart_items WHERE cart_id = $1)
+     UPDATE carts SET coupon_code = NULL, updated_at = now() WHERE id = $1";
+
 pub async fn clear(db: &PgPool, cart: Uuid, deadline: Instant) -> Result<(), CartError> {
-    let query = sqlx::query(
-        "WITH gone AS (DELETE FROM cart_items WHERE cart_id = $1)
-         UPDATE carts SET coupon_code = NULL, updated_at = now() WHERE id = $1",
-    )
-    .bind(cart);
-    write(db, deadline, query).await
+    write(db, deadline, sqlx::query(CLEAR).bind(cart)).await
+}
+
+/// Empties a checked-out cart (lines and coupon) inside the transaction that writes its order.
+pub async fn empty_in(conn: &mut sqlx::PgConnection, cart: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(CLEAR).bind(cart).execute(conn).await?;
+    Ok(())
 }
 
 pub async fn set_coupon(

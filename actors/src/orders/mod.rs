@@ -106,6 +106,8 @@ pub struct NewOrder {
     pub coupon_code: Option<String>,
     /// The first history row's reason when not plain `checkout` (a gift left out).
     pub note: Option<String>,
+    /// The cart whose lines these are: emptied in the transaction that writes the order.
+    pub cart_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone)]
