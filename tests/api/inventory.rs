@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
-use shop_actors::inventory::{Demand, Inventory, InventoryError};
+use shop_actors::inventory::{Demand, Inventory, InventoryError, shard_index};
 use uuid::Uuid;
 
 use crate::helpers::{Session, TestApp, assert_problem, eventually, metric_value};
@@ -559,4 +559,71 @@ async fn an_admin_update_refused_for_its_stock_leaves_the_other_fields_unchanged
     assert_eq!(ledger(&app, item).await, (7, 6, 0));
     assert_eq!(inventory(&app).available(&[item]).await.unwrap()[&item], 1);
     assert_eq!(inventory(&app).reconcile().await.unwrap(), 0);
+}
+
+/// A batch of holds whose write PostgreSQL refuses is undone in memory and its callers are told;
+/// the other batches, written at the same time, stand, and the shard goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_write_of_holds_is_undone_and_the_shard_goes_on() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let shards = app.state.settings.inventory.shard_count();
+    let doomed = variant(&app, &admin, "DOOMED", 10).await;
+    // A variant of the same shard, so that its holds are decided and written beside the doomed.
+    let mut fine = variant(&app, &admin, "FINE-0", 1000).await;
+    for i in 1.. {
+        if shard_index(fine, shards) == shard_index(doomed, shards) {
+            break;
+        }
+        fine = variant(&app, &admin, &format!("FINE-{i}"), 1000).await;
+    }
+    // The doomed variant is loaded into its shard and known to be no bundle; then its row goes
+    // behind the shard's back, so the foreign key of a hold on it fails its whole batch.
+    assert_eq!(
+        inventory(&app).available(&[doomed]).await.unwrap()[&doomed],
+        10
+    );
+    sqlx::query("DELETE FROM product_variants WHERE id = $1")
+        .bind(doomed)
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let calls = (0..300).map(|i| {
+        let inventory = inventory(&app).clone();
+        let variant = if i % 60 == 0 { doomed } else { fine };
+        tokio::spawn(async move {
+            let answer = inventory
+                .reserve(Uuid::new_v4(), &one(variant, 1), TTL)
+                .await;
+            (variant, answer)
+        })
+    });
+    let (mut granted, mut refused) = (0, 0);
+    for (variant, answer) in join_all(calls).await.into_iter().map(Result::unwrap) {
+        match answer {
+            Ok(1) if variant == fine => granted += 1,
+            Err(InventoryError::Storage(_)) => refused += 1,
+            other => panic!("a hold on {variant} answered {other:?}"),
+        }
+    }
+    assert_eq!(granted + refused, 300);
+    assert!(
+        refused >= 5,
+        "every hold on the deleted variant failed: {refused}"
+    );
+    // The shard goes on: the next hold is made.
+    assert_eq!(
+        inventory(&app)
+            .reserve(Uuid::new_v4(), &one(fine, 1), TTL)
+            .await
+            .unwrap(),
+        1
+    );
+    granted += 1;
+    // What was granted is held, in PostgreSQL and in memory; the undone holds hold nothing.
+    assert_eq!(ledger(&app, fine).await, (1000, granted, 0));
+    let available = inventory(&app).available(&[fine, doomed]).await.unwrap();
+    assert_eq!(available[&fine], 1000 - granted);
+    assert_eq!(available[&doomed], 10);
 }

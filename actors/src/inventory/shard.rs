@@ -2,14 +2,18 @@
 //! PostgreSQL on first touch (on hand minus live holds) and live holds at start, so a restarted
 //! shard rebuilds exactly what was persisted. Reservations are group-committed: a `Reserve` is
 //! decided in memory and queued; a `Flush` the shard sends itself (after whatever is already in
-//! its mailbox) persists the whole batch in one statement, and only then are the callers answered.
+//! its mailbox) starts writing the whole batch in one statement, and its callers are answered
+//! once it is committed. Up to [`WRITES_IN_FLIGHT`] batches are written at once while the shard
+//! goes on deciding; anything else that touches holds in PostgreSQL (commit, release, expiry,
+//! stock edits, reconciliation) first waits for every batch being written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{ActorProcessingErr, RpcReplyPort};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::store::{self, HoldRow};
@@ -27,8 +31,11 @@ pub enum ShardMsg {
         expires_at: DateTime<Utc>,
         reply: RpcReplyPort<Result<(), InventoryError>>,
     },
-    /// Persist the reservations decided since the last flush, then answer their callers.
+    /// Start writing the reservations decided since the last flush; their callers are answered
+    /// once the write commits.
     Flush,
+    /// A batch's write failed: undo its reservations in memory and answer its callers.
+    WriteFailed,
     /// Sells `owner`'s holds; answers the units `owner` has sold on this shard, those sold by an
     /// earlier commit included, so that a repeated commit answers the same.
     Commit {
@@ -85,6 +92,17 @@ struct Pending {
     reply: RpcReplyPort<Result<(), InventoryError>>,
 }
 
+/// Most batches of reservations written at once (each takes a pool connection for its commit).
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// A batch being written. Its task answers the callers when the write commits; when it fails it
+/// hands the batch back, to be undone in memory before its callers are answered.
+struct Write {
+    /// Who and what the batch holds, for when the task itself is lost (it panicked).
+    holds: Vec<(Uuid, Vec<Uuid>)>,
+    task: JoinHandle<Option<(Vec<Pending>, sqlx::Error)>>,
+}
+
 pub struct ShardState {
     index: usize,
     count: usize,
@@ -94,6 +112,7 @@ pub struct ShardState {
     holds: HashMap<Uuid, Vec<(Uuid, i32, DateTime<Utc>)>>,
     pending: Vec<Pending>,
     flush_queued: bool,
+    writing: VecDeque<Write>,
     shard_label: String,
     /// Owners whose last commit or release failed with an unknown outcome: their holds are read
     /// back from PostgreSQL before anything else is decided about them.
@@ -133,10 +152,15 @@ impl ShardState {
             .set(held as f64);
     }
 
-    async fn flush(&mut self) {
+    /// Starts writing the reservations decided since the last flush (after the oldest batch
+    /// being written, when [`WRITES_IN_FLIGHT`] already are).
+    async fn flush(&mut self, myself: &Mailbox<ShardMsg>) {
         self.flush_queued = false;
         if self.pending.is_empty() {
             return;
+        }
+        while self.writing.len() >= WRITES_IN_FLIGHT {
+            self.finish_oldest().await;
         }
         let batch = std::mem::take(&mut self.pending);
         let rows: Vec<HoldRow> = batch
@@ -151,13 +175,52 @@ impl ShardState {
             })
             .collect();
         metrics::histogram!("inventory_flush_batch_size").record(batch.len() as f64);
-        match store::insert_holds(&self.db, &rows).await {
-            Ok(()) => {
-                for pending in batch {
-                    let _ = pending.reply.send(Ok(()));
+        let holds = batch
+            .iter()
+            .map(|p| (p.owner, p.lines.iter().map(|l| l.variant_id).collect()))
+            .collect();
+        let (db, myself) = (self.db.clone(), myself.clone());
+        let task = tokio::spawn(async move {
+            match store::insert_holds(&db, &rows).await {
+                Ok(()) => {
+                    for pending in batch {
+                        let _ = pending.reply.send(Ok(()));
+                    }
+                    None
+                }
+                Err(error) => {
+                    // Wakes the shard to undo the batch; if it is stopping, its last settle does.
+                    if myself.cast(ShardMsg::WriteFailed).is_err() {
+                        tracing::debug!("the shard is stopping; its settle undoes the batch");
+                    }
+                    Some((batch, error))
                 }
             }
-            Err(error) => {
+        });
+        self.writing.push_back(Write { holds, task });
+    }
+
+    /// Waits for the oldest batch being written.
+    async fn finish_oldest(&mut self) {
+        if let Some(write) = self.writing.pop_front() {
+            self.finish(write).await;
+        }
+    }
+
+    /// Finishes every batch whose write is done (a failed one woke the shard).
+    async fn finish_done(&mut self) {
+        while let Some(at) = self.writing.iter().position(|w| w.task.is_finished()) {
+            if let Some(write) = self.writing.remove(at) {
+                self.finish(write).await;
+            }
+        }
+    }
+
+    /// Waits for one batch's write; undoes the batch in memory if the write failed.
+    async fn finish(&mut self, write: Write) {
+        match write.task.await {
+            Ok(None) => {}
+            Ok(Some((batch, error))) => {
                 tracing::error!(shard = self.index, %error, "persisting reservations failed; undoing them");
                 for pending in batch {
                     self.undo(&pending);
@@ -166,8 +229,25 @@ impl ShardState {
                         .send(Err(InventoryError::Storage(error.to_string())));
                 }
             }
+            // The write's task panicked: whether its rows landed is unknown (its callers' replies
+            // were dropped, which they see as an error). Memory no longer claims to know.
+            Err(error) => {
+                tracing::error!(shard = self.index, %error, "a reservation write was lost; reloading its holds");
+                for (owner, variants) in write.holds {
+                    self.forget(owner, &variants);
+                }
+            }
         }
         self.report();
+    }
+
+    /// Writes whatever was decided and waits until every batch is written: holds in PostgreSQL
+    /// are then exactly those in memory.
+    async fn settle_writes(&mut self, myself: &Mailbox<ShardMsg>) {
+        self.flush(myself).await;
+        while !self.writing.is_empty() {
+            self.finish_oldest().await;
+        }
     }
 
     fn undo(&mut self, pending: &Pending) {
@@ -431,6 +511,7 @@ impl ShopActor for InventoryShard {
             unsure: HashSet::new(),
             pending: Vec::new(),
             flush_queued: false,
+            writing: VecDeque::new(),
             shard_label: args.index.to_string(),
         };
         // Rebuild: every live hold of this shard's variants, and those variants' stock.
@@ -499,14 +580,15 @@ impl ShopActor for InventoryShard {
                     if !state.flush_queued {
                         state.flush_queued = true;
                         if myself.cast(ShardMsg::Flush).is_err() {
-                            state.flush().await;
+                            state.settle_writes(&myself).await;
                         }
                     }
                 }
             },
-            ShardMsg::Flush => state.flush().await,
+            ShardMsg::Flush => state.flush(&myself).await,
+            ShardMsg::WriteFailed => state.finish_done().await,
             ShardMsg::Commit { owner, reply } => {
-                state.flush().await;
+                state.settle_writes(&myself).await;
                 let answer = match state.settle_unsure().await {
                     Ok(()) => state.commit(owner).await,
                     Err(error) => Err(error),
@@ -514,11 +596,11 @@ impl ShopActor for InventoryShard {
                 let _ = reply.send(answer);
             }
             ShardMsg::Restock { owner, reply } => {
-                state.flush().await;
+                state.settle_writes(&myself).await;
                 let _ = reply.send(state.restock(owner).await);
             }
             ShardMsg::Release { owner, reply } => {
-                state.flush().await;
+                state.settle_writes(&myself).await;
                 let answer = match state.settle_unsure().await {
                     Ok(()) => state.release(&[owner], false).await,
                     Err(error) => Err(error),
@@ -531,12 +613,12 @@ impl ShopActor for InventoryShard {
                 writes,
                 reply,
             } => {
-                state.flush().await;
+                state.settle_writes(&myself).await;
                 let answer = state.set_on_hand(variant, on_hand, writes, &reply).await;
                 let _ = reply.send(answer);
             }
             ShardMsg::ExpireDue => {
-                state.flush().await;
+                state.settle_writes(&myself).await;
                 if let Err(error) = state.settle_unsure().await {
                     // Nothing is released on a guess; the next tick reads the holds back.
                     tracing::warn!(shard = state.index, %error, "reading back unsure holds failed");
@@ -561,7 +643,7 @@ impl ShopActor for InventoryShard {
                 }
             }
             ShardMsg::Reconcile(reply) => {
-                state.flush().await;
+                state.settle_writes(&myself).await;
                 let ids: Vec<Uuid> = state.stock.keys().copied().collect();
                 let answer = store::load_stock(&state.db, &ids).await.map(|rows| {
                     let found: HashMap<Uuid, (i32, i32)> =
@@ -586,11 +668,11 @@ impl ShopActor for InventoryShard {
 
     async fn post_stop(
         &self,
-        _myself: Mailbox<ShardMsg>,
+        myself: Mailbox<ShardMsg>,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
         // Whatever was decided but not yet persisted is persisted (or refused) before stopping.
-        state.flush().await;
+        state.settle_writes(&myself).await;
         Ok(())
     }
 }
