@@ -1,9 +1,11 @@
-//! Reservations per second for one hot variant at 256 concurrent callers: through the inventory
-//! shard actor (single writer, group commit) and the naive way in PostgreSQL (every caller runs
-//! `UPDATE product_variants SET stock = stock - 1 WHERE id = $1 AND stock >= 1`), in one run.
+//! Reservations per second for one hot variant at 256 concurrent callers through the inventory
+//! shard actor (single writer, group commit, a reservation row each).
 //!
 //! `cargo bench --bench reservations` (PostgreSQL on 127.0.0.1:5432, or BENCH_POSTGRES_URL).
-//! Writes nothing: paste the printed table into docs/benchmarks.md.
+//! The row-lock design it is compared with is measured the way PostgreSQL measures itself:
+//! `scripts/bench` runs pgbench's hot-row script (`scripts/bench.d/hot-row.sql`) at its best
+//! client count and this bench in the same run, and writes the ratio to docs/benchmarks.md. With
+//! BENCH_RESULTS=FILE the figures are also appended to FILE as one JSON line.
 
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
 
@@ -15,7 +17,6 @@ use shop::config::{DatabaseSettings, Profile, Settings};
 use shop_actors::inventory::{Demand, Inventory, InventoryConfig};
 use shop_actors::{ActorSystem, ActorSystemConfig, RestartPolicy, Slot};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 const CALLERS: usize = 256;
@@ -94,14 +95,6 @@ async fn main() {
     settings.max_connections = 20;
     let db = shop::db::prepare(&settings).await.expect("database");
 
-    let max_connections: i64 =
-        sqlx::query_scalar("SELECT current_setting('max_connections')::bigint")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    let naive_connections = (CALLERS as i64).min(max_connections - 20).max(1) as u32;
-
-    // The actor way.
     let variant = hot_variant(&db).await;
     let system_config = ActorSystemConfig {
         name_prefix: format!("{name}-"),
@@ -123,9 +116,9 @@ async fn main() {
     let system = ActorSystem::start(&system_config, vec![spec])
         .await
         .unwrap();
-    let actor_inventory = inventory.clone();
-    let (actor_ops, actor_secs, actor_p99) = hammer(move || {
-        let inventory = actor_inventory.clone();
+    let caller_inventory = inventory.clone();
+    let (ops, secs, p99) = hammer(move || {
+        let inventory = caller_inventory.clone();
         async move {
             inventory
                 .reserve(
@@ -144,29 +137,6 @@ async fn main() {
     let mismatches = inventory.reconcile().await.unwrap();
     system.shutdown().await;
 
-    // The naive way: row locks on one hot row.
-    let naive_variant = hot_variant(&db).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(naive_connections)
-        .acquire_timeout(Duration::from_secs(60))
-        .connect(&format!("{server}/{name}"))
-        .await
-        .unwrap();
-    let naive_pool = pool.clone();
-    let (naive_ops, naive_secs, naive_p99) = hammer(move || {
-        let pool = naive_pool.clone();
-        async move {
-            sqlx::query(
-                "UPDATE product_variants SET stock = stock - 1 WHERE id = $1 AND stock >= 1",
-            )
-            .bind(naive_variant)
-            .execute(&pool)
-            .await
-            .is_ok_and(|done| done.rows_affected() == 1)
-        }
-    })
-    .await;
-    pool.close().await;
     db.close().await;
     let mut admin = sqlx::PgConnection::connect_with(
         &format!("{server}/postgres")
@@ -176,26 +146,43 @@ async fn main() {
     .await
     .unwrap();
     use sqlx::Connection;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
     )))
     .execute(&mut admin)
-    .await;
+    .await
+    .expect("dropping the bench database");
 
-    let actor_rate = actor_ops as f64 / actor_secs;
-    let naive_rate = naive_ops as f64 / naive_secs;
+    let rate = ops as f64 / secs;
     println!(
         "| approach | callers | connections | reservations | seconds | per second | p99 latency |"
     );
     println!("|---|---|---|---|---|---|---|");
     println!(
-        "| inventory shard actor (group commit, inserts a reservation row each) | {CALLERS} | pool of 20 | {actor_ops} | {actor_secs:.1} | {actor_rate:.0} | {actor_p99:.1} ms |"
+        "| inventory shard actor (group commit, inserts a reservation row each) | {CALLERS} | pool of 20 | {ops} | {secs:.1} | {rate:.0} | {p99:.1} ms |"
     );
-    println!(
-        "| naive `UPDATE ... WHERE stock >= 1` | {CALLERS} | {naive_connections} | {naive_ops} | {naive_secs:.1} | {naive_rate:.0} | {naive_p99:.1} ms |"
+    println!("\nreconciliation mismatches after the run: {mismatches}");
+    assert_eq!(
+        mismatches, 0,
+        "memory and PostgreSQL disagree after the run"
     );
-    println!(
-        "\nratio actor / naive: {:.2}x (reconciliation mismatches after the actor run: {mismatches})",
-        actor_rate / naive_rate
-    );
+    if let Ok(path) = std::env::var("BENCH_RESULTS") {
+        let line = serde_json::json!({
+            "kind": "reservations",
+            "callers": CALLERS,
+            "pool": 20,
+            "reservations": ops,
+            "seconds": secs,
+            "per_s": rate,
+            "p99_ms": p99,
+            "mismatches": mismatches,
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .expect("opening BENCH_RESULTS");
+        use std::io::Write;
+        writeln!(file, "{line}").expect("writing BENCH_RESULTS");
+    }
 }
