@@ -1,13 +1,15 @@
 """Sums up two perf recordings of one workload as a JSON line (standard library only).
 
-  profile.py NAME COMMS FOLDED
+  profile.py NAME SHOP_PID COMMS FOLDED
 
-COMMS is `perf script -F comm` of a system-wide recording (one thread name per sample): the CPU
-is split by process, idle included, which says whether the machine was saturated and by whom.
+COMMS is `perf script -F comm,pid` of a system-wide recording (thread name and process id of
+each sample): the CPU is split by process, idle included, which says whether the machine was
+saturated and by whom.
 FOLDED is the shop's own recording with call stacks, folded by inferno-collapse-perf (one
 `thread;frame;...;leaf count` per line, kernel frames marked `_[k]`): its samples are grouped by
-the crate of the leaf frame (where the CPU was spent) and by a few frames of interest anywhere on
-the stack (what the time was spent for).
+the crate of the leaf frame (where the CPU was spent) and by the innermost frame of a few
+libraries or of the shop's own code (who the time was spent for: the kernel, std and the
+allocator below it count for their caller).
 """
 
 import collections
@@ -15,30 +17,31 @@ import json
 import re
 import sys
 
-# Thread names of the processes on the machine during a workload.
+# Thread names of the other processes on the machine during a workload.
 PROCESS = (
     ("postgres", "PostgreSQL"),
     ("wrk", "wrk (the load)"),
     ("swapper", "idle"),
-    ("tokio-runtime-w", "shop"),
-    ("shop", "shop"),
     ("perf", "perf (the recording)"),
 )
 
-# Frames anywhere on a shop stack, by what they are for: the first that matches names the sample.
+# Who a sample was for: the innermost frame that matches one of these names it.
 PURPOSE = (
     ("password hashing (argon2)", re.compile(r"argon2")),
-    ("JWT check (HMAC)", re.compile(r"jsonwebtoken|hmac|sha2")),
-    ("PostgreSQL client (sqlx)", re.compile(r"sqlx")),
-    ("HTTP (hyper, axum, tower)", re.compile(r"^<?(hyper|axum|tower|h1)")),
+    ("JWT and HMAC", re.compile(r"jsonwebtoken|hmac|sha2")),
+    ("PostgreSQL client (sqlx, rustls)", re.compile(r"^<?&?(sqlx|rustls)")),
     ("JSON (serde_json)", re.compile(r"serde_json")),
-    ("actors (ractor)", re.compile(r"ractor")),
-    ("metrics", re.compile(r"metrics")),
-    ("tracing", re.compile(r"tracing")),
+    ("actors (ractor)", re.compile(r"^<?&?ractor")),
+    ("metrics", re.compile(r"^<?&?metrics")),
+    ("tracing", re.compile(r"^<?&?tracing")),
+    ("HTTP (hyper, axum, tower)", re.compile(r"^<?&?(hyper|axum|tower|h1|http)")),
+    ("the shop's own code", re.compile(r"^<?&?shop(_actors)?::")),
 )
 
 
-def process_of(comm):
+def process_of(comm, pid, shop_pid):
+    if pid == shop_pid:
+        return "shop"
     for prefix, name in PROCESS:
         if comm.startswith(prefix):
             return name
@@ -62,12 +65,12 @@ def crate_of(frame):
 
 
 def main():
-    name, comms_path, folded_path = sys.argv[1:4]
+    name, shop_pid, comms_path, folded_path = sys.argv[1:5]
     processes = collections.Counter()
     for line in open(comms_path):
-        comm = line.strip()
-        if comm:
-            processes[process_of(comm)] += 1
+        comm, _, pid = line.strip().rpartition(" ")
+        if pid:
+            processes[process_of(comm.strip(), pid, shop_pid)] += 1
     crates, purposes = collections.Counter(), collections.Counter()
     shop_samples = 0
     for line in open(folded_path):
@@ -81,8 +84,8 @@ def main():
             continue
         shop_samples += count
         crates[crate_of(frames[-1])] += count
-        purpose = next((label for label, pattern in PURPOSE
-                        if any(pattern.search(frame) for frame in frames)), "other")
+        purpose = next((label for frame in reversed(frames) for label, pattern in PURPOSE
+                        if pattern.search(frame)), "other (the runtime, std, the kernel)")
         purposes[purpose] += count
     total = sum(processes.values())
     print(json.dumps({

@@ -242,9 +242,11 @@ def profiles(by_kind, folder_rel):
            "The checkout and the add run again at 32 connections for 10 s (not counted above) while perf "
            "samples the whole machine at 499 Hz for 8 s, without stacks, and the shop with DWARF call stacks. "
            "The first table splits the machine's CPU time (2 cores) between the processes; *idle* is time no "
-           "process wanted. The second splits the shop's own samples by the first of these frames found "
-           "anywhere on the stack (what the time was spent for), the third by the crate of the innermost frame "
-           "(where it was spent). The flame graphs are the whole of the shop's samples (open the SVG to zoom).",
+           "process wanted. The second splits the shop's own samples by whom they were for: the innermost frame "
+           "on the stack of one of the named libraries or of the shop's own code (the kernel, std and the "
+           "allocator below it count for that caller; `scripts/bench.d/profile.py`). The third splits them by "
+           "the crate of the innermost frame, where the CPU was spent. The flame graphs are all of the shop's "
+           "samples (open the SVG to zoom).",
            ""]
 
     def shares(title, values):
