@@ -239,7 +239,7 @@ def profiles(by_kind, folder_rel):
     if not found:
         return []
     out = ["### Where the CPU goes (perf)", "",
-           "The checkout and the add run again at 32 connections for 10 s (not counted above) while perf "
+           "The checkout, the add and the list run again at 32 connections for 10 s (not counted above) while perf "
            "samples the whole machine at 499 Hz for 8 s, without stacks, and the shop with DWARF call stacks. "
            "The first table splits the machine's CPU time (2 cores) between the processes; *idle* is time no "
            "process wanted. The second splits the shop's own samples by whom they were for: the innermost frame "
