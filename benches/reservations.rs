@@ -96,6 +96,9 @@ async fn main() {
     let db = shop::db::prepare(&settings).await.expect("database");
 
     let variant = hot_variant(&db).await;
+    // The fence as a node takes it: every batch of holds proves its epoch, as in production.
+    let fence = shop_actors::partition::Fence::new(64, "bench");
+    fence.take_all(&db).await.expect("partitions");
     let system_config = ActorSystemConfig {
         name_prefix: format!("{name}-"),
         restart: RestartPolicy::default(),
@@ -109,6 +112,7 @@ async fn main() {
             expiry_interval: Duration::from_secs(60),
             reconcile_interval: Duration::from_secs(600),
             call_timeout: Duration::from_secs(30),
+            fence,
         },
         RestartPolicy::default(),
         Slot::empty("inventory_supervisor"),

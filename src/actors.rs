@@ -12,6 +12,7 @@ use std::time::Duration;
 use shop_actors::carts::{CartConfig, Carts};
 use shop_actors::coupons::{CouponConfig, CouponLimiter};
 use shop_actors::inventory::{Inventory, InventoryConfig};
+use shop_actors::partition::Fence;
 use shop_actors::refunds::Refunds;
 use shop_actors::{ActorSystem, ActorSystemConfig, ChildSpec, RestartPolicy, ShopActor, Slot};
 use sqlx::PgPool;
@@ -34,6 +35,10 @@ pub struct Actors {
     started: tokio::sync::watch::Sender<bool>,
     /// Another instance holds the ownership lease: this one waits to take it.
     standby: AtomicBool,
+    /// Where [`Actors::start_tree`] takes the partitions before the actors load.
+    db: PgPool,
+    /// This node's partitions and their fencing epochs: every write of owned state proves them.
+    pub fence: Fence,
     /// The inventory shards: stock availability, reservations, sales.
     pub inventory: Inventory,
     /// The coupon limiter shards: coupon uses held, committed, released.
@@ -65,6 +70,10 @@ impl Actors {
             within: Duration::from_secs(settings.actors.restart_window_secs),
             ..RestartPolicy::default()
         };
+        let fence = Fence::new(
+            settings.cluster.partitions,
+            settings.cluster.node(settings.server.port),
+        );
         let (inventory, inventory_spec) = Inventory::new(
             prefix,
             db.clone(),
@@ -73,6 +82,7 @@ impl Actors {
                 expiry_interval: Duration::from_millis(settings.inventory.expiry_interval_ms),
                 reconcile_interval: Duration::from_secs(settings.inventory.reconcile_interval_secs),
                 call_timeout,
+                fence: fence.clone(),
             },
             restart,
             Slot::empty("inventory_supervisor"),
@@ -84,6 +94,7 @@ impl Actors {
             &CouponConfig {
                 shards: settings.inventory.shard_count(),
                 call_timeout,
+                fence: fence.clone(),
             },
             restart,
             Slot::empty("coupon_supervisor"),
@@ -95,6 +106,7 @@ impl Actors {
             &CartConfig {
                 idle_timeout: Duration::from_secs(settings.carts.idle_timeout_secs),
                 call_timeout,
+                fence: fence.clone(),
             },
         );
         let payment_router = PaymentRouter::new();
@@ -109,7 +121,7 @@ impl Actors {
         let (orders, orders_spec) = Orders::new(
             prefix,
             SagaDeps {
-                ledger: std::sync::Arc::new(PgOrderLedger::new(db.clone())),
+                ledger: std::sync::Arc::new(PgOrderLedger::new(db.clone(), fence.clone())),
                 inventory: inventory.clone(),
                 payments: std::sync::Arc::new(payments.clone()),
                 refunds: refunds.clone(),
@@ -149,6 +161,8 @@ impl Actors {
             pending: Mutex::new(Some((config, children))),
             started: tokio::sync::watch::Sender::new(false),
             standby: AtomicBool::new(false),
+            db: db.clone(),
+            fence,
             inventory,
             coupons,
             carts,
@@ -178,6 +192,12 @@ impl Actors {
         let Some((config, children)) = pending else {
             anyhow::bail!("the actor tree was started already");
         };
+        // Every partition at a new epoch before any actor reads state: a previous owner's write
+        // that passed its fence has committed by now, and any later one is refused.
+        self.fence
+            .take_all(&self.db)
+            .await
+            .map_err(|error| anyhow::anyhow!("taking the partitions: {error}"))?;
         let system = ActorSystem::start(&config, children).await?;
         if self.system.set(system).is_err() {
             anyhow::bail!("the actor tree was started already");

@@ -76,6 +76,7 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     pub store: StoreSettings,
     pub actors: ActorSettings,
+    pub cluster: ClusterSettings,
     pub inventory: InventorySettings,
     pub carts: CartSettings,
     pub rate_limit: RateLimitSettings,
@@ -321,6 +322,45 @@ pub struct ActorSettings {
     pub lease_check_ms: u64,
 }
 
+/// How the actor keys are split between the nodes on one database (`[cluster]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// Several nodes sharing the partitions. Not built yet: one node owns every partition (the
+    /// others are standbys), so `true` is refused rather than ignored.
+    pub enabled: bool,
+    /// How many partitions the actor keys are spread over (`partition = hash(key) mod P`); the
+    /// node that runs the tree takes every one, at a new fencing epoch, before loading state.
+    /// Fixed for a database once set: a node with another count refuses to start.
+    pub partitions: u32,
+    /// This node's name in `partition_leases.owner`; unset means host name and port.
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+impl ClusterSettings {
+    /// [`ClusterSettings::node_name`], or `{host name}:{port}` (the process id when the port is
+    /// 0, any free port).
+    pub fn node(&self, port: u16) -> String {
+        if let Some(name) = self.node_name.as_ref().filter(|name| !name.is_empty()) {
+            return name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|host| host.trim().to_owned())
+            .ok()
+            .filter(|host| !host.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "shop".into());
+        if port == 0 {
+            format!("{host}-pid{}", std::process::id())
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+}
+
+/// The most partitions a shop may be split into (each is a row of `partition_leases`).
+pub const MAX_PARTITIONS: u32 = 4096;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct InventorySettings {
     /// Shard actors; 0 means two per core.
@@ -475,6 +515,18 @@ impl Settings {
                     "testing.test_routes cannot be enabled in production".into(),
                 ));
             }
+        }
+        if !(1..=MAX_PARTITIONS).contains(&self.cluster.partitions) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.partitions must be between 1 and {MAX_PARTITIONS}"
+            )));
+        }
+        if self.cluster.enabled {
+            return Err(ConfigError::Invalid(
+                "cluster.enabled: several nodes sharing the partitions is not built yet; one node \
+                 owns every partition and the others are standbys (leave it false)"
+                    .into(),
+            ));
         }
         if self.auth.argon2_memory_kib < 19456
             || self.auth.argon2_iterations < 2

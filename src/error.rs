@@ -255,6 +255,9 @@ impl From<sqlx::Error> for AppError {
         match error {
             sqlx::Error::RowNotFound => Self::NotFound,
             sqlx::Error::PoolTimedOut => Self::Unavailable("database pool timed out".into()),
+            other if shop_actors::partition::is_not_owner(&other) => {
+                Self::Unavailable(shop_actors::ActorError::NotOwner.to_string())
+            }
             other => Self::Internal(anyhow::Error::new(other)),
         }
     }

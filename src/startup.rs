@@ -243,8 +243,14 @@ async fn keep_ownership(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<OwnershipLease>> {
     let every = Duration::from_millis(state.settings.actors.lease_check_ms.max(1));
+    let fence = state.actors.fence.clone();
     let mut lease = match ownership {
-        Ownership::Unleased => return Ok(None),
+        Ownership::Unleased => {
+            return tokio::select! {
+                why = fence.revoked() => fenced(&fatal, why),
+                _ = stop.wait_for(|stop| *stop) => Ok(None),
+            };
+        }
         Ownership::Owner(lease) => lease,
         Ownership::Standby(candidate) => {
             let take = candidate.take(&state.settings.database, every);
@@ -268,8 +274,24 @@ async fn keep_ownership(
             fatal.send_replace(Some(why.clone()));
             Err(anyhow::anyhow!("the ownership lease was lost: {why}"))
         }
+        // Another node took the partitions before this one's lease check noticed: the fence
+        // refused a write, so the lease is gone too. Stop now rather than at the next check.
+        why = fence.revoked() => fenced(&fatal, why),
         _ = stop.wait_for(|stop| *stop) => Ok(Some(lease)),
     }
+}
+
+/// The end of ownership when the fence refused a write: the tree stops and the process exits
+/// non-zero, like a lost lease.
+fn fenced(
+    fatal: &watch::Sender<Option<String>>,
+    why: String,
+) -> anyhow::Result<Option<OwnershipLease>> {
+    fatal.send_replace(Some(why.clone()));
+    metrics::gauge!("actor_tree_owner").set(0.0);
+    Err(anyhow::anyhow!(
+        "this node no longer owns its partitions (the ownership lease was lost): {why}"
+    ))
 }
 
 /// Creates the first admin from `bootstrap.admin_email`/`admin_password` when the shop has none.

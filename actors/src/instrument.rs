@@ -15,7 +15,7 @@ use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
 
-/// Why a message could not be answered. The http layer turns both into 503.
+/// Why a message could not be answered. The http layer turns each into 503.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ActorError {
     #[error("the {kind} actor did not answer within {timeout:?}")]
@@ -25,6 +25,10 @@ pub enum ActorError {
     },
     #[error("the {kind} actor is not running")]
     Unavailable { kind: &'static str },
+    /// The fence refused the write: another node took the partition of the key (see
+    /// [`crate::partition`]). Nothing was written; the tree here is stopping.
+    #[error("this node no longer owns the partition of this key; nothing was written")]
+    NotOwner,
 }
 
 /// The behaviour of one actor kind. Mirrors [`ractor::Actor`], but every callback receives a

@@ -8,6 +8,7 @@ pub mod instrument;
 pub mod inventory;
 pub mod keyed;
 pub mod orders;
+pub mod partition;
 pub mod payment_router;
 pub mod payments;
 pub mod refunds;

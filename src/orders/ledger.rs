@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use shop_actors::orders::{LedgerError, NewOrder, OrderLedger, OrderSnapshot, OwedRefund};
+use shop_actors::partition::Fence;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -16,11 +17,13 @@ use crate::payments::{PaymentEvent, PaymentIntent};
 #[derive(Clone)]
 pub struct PgOrderLedger {
     db: PgPool,
+    /// Every step writes state of its order's partition: each transaction proves it first.
+    fence: Fence,
 }
 
 impl PgOrderLedger {
-    pub fn new(db: PgPool) -> Self {
-        Self { db }
+    pub fn new(db: PgPool, fence: Fence) -> Self {
+        Self { db, fence }
     }
 }
 
@@ -69,6 +72,7 @@ async fn processed(tx: &mut PgConnection, event: Option<&str>) -> Result<(), sql
 impl PgOrderLedger {
     async fn mark_paid(&self, order: Uuid, event: Option<&str>) -> Result<bool, TransitionError> {
         let mut tx = self.db.begin().await?;
+        self.fence.check(&mut tx, [order]).await?;
         let moved = store::transition(
             &mut tx,
             order,
@@ -100,6 +104,7 @@ impl PgOrderLedger {
         event: Option<&str>,
     ) -> Result<bool, TransitionError> {
         let mut tx = self.db.begin().await?;
+        self.fence.check(&mut tx, [order]).await?;
         let moved = store::transition(
             &mut tx,
             order,
@@ -135,6 +140,7 @@ impl PgOrderLedger {
         event: &PaymentEvent,
     ) -> Result<bool, sqlx::Error> {
         let mut tx = self.db.begin().await?;
+        self.fence.check(&mut tx, [order]).await?;
         let decided = owed(
             order,
             &event.intent_id,
@@ -165,6 +171,7 @@ impl PgOrderLedger {
         event: &PaymentEvent,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.db.begin().await?;
+        self.fence.check(&mut tx, [order]).await?;
         sqlx::query(
             "UPDATE orders SET payment_status = 'failed', payment_error = $2
              WHERE id = $1 AND status = 'pending'",
@@ -183,6 +190,7 @@ impl PgOrderLedger {
         event: &PaymentEvent,
     ) -> Result<(), TransitionError> {
         let mut tx = self.db.begin().await?;
+        self.fence.check(&mut tx, [order]).await?;
         store::record_refunded(&mut tx, order, event.amount).await?;
         mark_processed(&mut *tx, &event.event_id).await?;
         tx.commit().await?;
@@ -196,6 +204,7 @@ impl PgOrderLedger {
         reason: &str,
     ) -> Result<bool, TransitionError> {
         let mut tx = self.db.begin().await?;
+        self.fence.check(&mut tx, [order]).await?;
         let moved = store::transition(
             &mut tx,
             order,
@@ -217,6 +226,9 @@ impl PgOrderLedger {
         idempotency: Option<&(String, Vec<u8>)>,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.db.begin().await?;
+        // The order's partition, and its cart's, which this transaction empties.
+        let keys = std::iter::once(order.id).chain(order.cart_id);
+        self.fence.check(&mut tx, keys).await?;
         store::insert(&mut tx, order, intent, reserved_units).await?;
         if let Some(cart) = order.cart_id {
             shop_actors::carts::empty_in(&mut tx, cart).await?;
@@ -375,14 +387,20 @@ impl OrderLedger for PgOrderLedger {
 
     fn next_payment_attempt(&self, order: Uuid) -> BoxFuture<'_, Result<i32, LedgerError>> {
         Box::pin(async move {
-            sqlx::query_scalar(
-                "UPDATE orders SET payment_attempt = payment_attempt + 1 WHERE id = $1
-                 RETURNING payment_attempt",
-            )
-            .bind(order)
-            .fetch_one(&self.db)
-            .await
-            .map_err(failed)
+            let attempt = async {
+                let mut tx = self.db.begin().await?;
+                self.fence.check(&mut tx, [order]).await?;
+                let attempt = sqlx::query_scalar(
+                    "UPDATE orders SET payment_attempt = payment_attempt + 1 WHERE id = $1
+                     RETURNING payment_attempt",
+                )
+                .bind(order)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok::<i32, sqlx::Error>(attempt)
+            };
+            attempt.await.map_err(failed)
         })
     }
 
@@ -393,17 +411,21 @@ impl OrderLedger for PgOrderLedger {
         error: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
         Box::pin(async move {
-            sqlx::query(
-                "UPDATE orders SET payment_status = $2, payment_error = $3
-                 WHERE id = $1 AND status = 'pending'",
-            )
-            .bind(order)
-            .bind(status)
-            .bind(error)
-            .execute(&self.db)
-            .await
-            .map_err(failed)?;
-            Ok(())
+            let recorded = async {
+                let mut tx = self.db.begin().await?;
+                self.fence.check(&mut tx, [order]).await?;
+                sqlx::query(
+                    "UPDATE orders SET payment_status = $2, payment_error = $3
+                     WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(order)
+                .bind(status)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await
+            };
+            recorded.await.map_err(failed)
         })
     }
 }

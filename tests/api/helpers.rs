@@ -132,9 +132,15 @@ impl TestApp {
     /// Another instance on this app's database, with its own port and actor-name prefix: a
     /// second replica, or the new pod of a rolling update while the old one still runs.
     pub async fn spawn_beside(&self) -> Self {
+        self.spawn_beside_with(|_| {}).await
+    }
+
+    /// [`TestApp::spawn_beside`] with `configure` applied to the new instance's settings.
+    pub async fn spawn_beside_with(&self, configure: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = self.settings.clone();
         settings.actors.name_prefix =
             format!("{}-{}-", self.database.name, Uuid::new_v4().simple());
+        configure(&mut settings);
         Self::launch(self.database.clone(), settings, Vec::new()).await
     }
 

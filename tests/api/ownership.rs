@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use shop::http::health::STANDBY;
 use uuid::Uuid;
 
-use crate::helpers::{ShopProcess, TestApp, TestDatabase, assert_problem, eventually};
+use crate::helpers::{
+    ShopProcess, TestApp, TestDatabase, assert_problem, eventually, metric_value,
+};
 use crate::orders::address;
 
 /// `/health/ready` of `base`: (status, body).
@@ -94,34 +96,7 @@ async fn an_owner_that_loses_its_lease_connection_stops_its_tree_and_exits_with_
     let client = reqwest::Client::new();
     assert_eq!(readiness(&client, &standby.address).await.0, 503);
 
-    // The lease's session, found the way an operator would.
-    let sessions: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'shop-lease'",
-    )
-    .bind(&owner.database.name)
-    .fetch_all(&owner.db)
-    .await
-    .unwrap();
-    assert_eq!(sessions.len(), 2, "one lease connection per instance");
-    let (classid, objid) = shop::lease::lock_ids();
-    let held: Vec<i32> = sqlx::query_scalar(
-        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-         WHERE l.locktype = 'advisory' AND l.granted AND d.datname = $1
-           AND l.classid::bigint = $2 AND l.objid::bigint = $3 AND l.objsubid = 1",
-    )
-    .bind(&owner.database.name)
-    .bind(classid)
-    .bind(objid)
-    .fetch_all(&owner.db)
-    .await
-    .unwrap();
-    assert_eq!(held.len(), 1, "exactly one instance holds the lease");
-    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(held[0])
-        .fetch_one(&owner.db)
-        .await
-        .unwrap();
-    assert!(terminated);
+    terminate_lease_session(&owner).await;
 
     let exit = owner.exited(Duration::from_secs(15)).await;
     let error = exit.expect_err("an owner that lost its lease exits non-zero");
@@ -137,6 +112,197 @@ async fn an_owner_that_loses_its_lease_connection_stops_its_tree_and_exits_with_
     })
     .await;
     standby.stop().await;
+}
+
+/// Ends the session that holds `app`'s ownership lease, as `pg_terminate_backend` from an
+/// operator (or a network cut) would.
+async fn terminate_lease_session(app: &TestApp) {
+    // The lease's session, found the way an operator would.
+    let sessions: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'shop-lease'",
+    )
+    .bind(&app.database.name)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(sessions.len(), 2, "one lease connection per instance");
+    let (classid, objid) = shop::lease::lock_ids();
+    let held: Vec<i32> = sqlx::query_scalar(
+        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND l.granted AND d.datname = $1
+           AND l.classid::bigint = $2 AND l.objid::bigint = $3 AND l.objsubid = 1",
+    )
+    .bind(&app.database.name)
+    .bind(classid)
+    .bind(objid)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(held.len(), 1, "exactly one instance holds the lease");
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(held[0])
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(terminated);
+}
+
+/// `partition_leases`: (partition, epoch, owner), by partition.
+async fn partition_leases(db: &sqlx::PgPool) -> Vec<(i32, i64, String)> {
+    sqlx::query_as("SELECT partition, epoch, owner FROM partition_leases ORDER BY partition")
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+/// An owner that lost its lease without noticing (it checks the lease every ten minutes), and
+/// the standby that took the partitions over from it, with a customer's cart of two mugs.
+struct Deposed {
+    owner: TestApp,
+    standby: TestApp,
+    customer: crate::helpers::Session,
+    mug: String,
+}
+
+async fn deposed_owner() -> Deposed {
+    let owner = TestApp::spawn_with(
+        |settings| {
+            settings.actors.lease_check_ms = 600_000;
+            settings.cluster.node_name = Some("node-a".into());
+        },
+        |_| Vec::new(),
+    )
+    .await;
+    let standby = owner
+        .spawn_beside_with(|settings| {
+            settings.actors.lease_check_ms = 100;
+            settings.cluster.node_name = Some("node-b".into());
+        })
+        .await;
+    let client = reqwest::Client::new();
+    assert_eq!(readiness(&client, &standby.address).await.0, 503);
+    let partitions = owner.settings.cluster.partitions as usize;
+    let leases = partition_leases(&owner.db).await;
+    assert_eq!(leases.len(), partitions);
+    assert!(
+        leases
+            .iter()
+            .enumerate()
+            .all(|(i, (p, epoch, node))| *p as usize == i && *epoch == 1 && node == "node-a"),
+        "{leases:?}"
+    );
+
+    let admin = owner.login_as_admin().await;
+    let mug = crate::orders::variant(&owner, &admin, "FENCE-MUG", 900, 10).await;
+    let customer = owner.login_as_customer().await;
+    crate::orders::fill_cart(&owner, &customer, &mug, 2).await;
+
+    terminate_lease_session(&owner).await;
+    eventually(Duration::from_secs(15), "the standby to take over", || {
+        let client = client.clone();
+        let base = standby.address.clone();
+        async move { (readiness(&client, &base).await.0 == 200).then_some(()) }
+    })
+    .await;
+    let leases = partition_leases(&owner.db).await;
+    assert_eq!(leases.len(), partitions);
+    assert!(
+        leases
+            .iter()
+            .all(|(_, epoch, node)| *epoch == 2 && node == "node-b"),
+        "every partition is node-b's, at a new epoch: {leases:?}"
+    );
+    assert!(
+        owner.state.actors.is_running(),
+        "the old owner has not noticed: its tree still runs"
+    );
+    Deposed {
+        owner,
+        standby,
+        customer,
+        mug,
+    }
+}
+
+impl Deposed {
+    /// After the old owner's one refused write: it stops its tree and exits non-zero, the
+    /// refusal is counted, and the new owner sells from the cart as PostgreSQL has it.
+    async fn the_old_owner_exits_and_the_new_one_sells(mut self) {
+        let error = self
+            .owner
+            .exited(Duration::from_secs(15))
+            .await
+            .expect_err("a fenced-out owner exits non-zero");
+        assert!(format!("{error:#}").contains("partitions"), "{error:#}");
+        assert!(!self.owner.state.actors.is_running());
+        let metrics = self.standby.metrics().await;
+        let rejections = metric_value(&metrics, "partition_fence_rejections_total").unwrap_or(0.0);
+        assert!(rejections >= 1.0, "the refusal is counted: {rejections}");
+
+        let cart = self
+            .standby
+            .get_as(&self.customer.access_token, "/api/v1/cart")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap();
+        assert_eq!(cart["items"].as_array().map(Vec::len), Some(1), "{cart}");
+        assert_eq!(cart["items"][0]["quantity"], 2, "{cart}");
+        let placed = crate::orders::checkout(&self.standby, &self.customer).await;
+        assert_eq!(placed.status(), 201, "{}", placed.text().await.unwrap());
+        assert_eq!(
+            self.standby
+                .stock_ledger(Uuid::parse_str(&self.mug).unwrap())
+                .await,
+            (10, 2, 0)
+        );
+        self.standby.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_deposed_owner_is_fenced_out_of_checkout_and_creates_nothing() {
+    let deposed = deposed_owner().await;
+    // It still answers from memory, but the checkout's writes are refused.
+    let checkout = crate::orders::checkout(&deposed.owner, &deposed.customer).await;
+    assert_problem(checkout, 503).await;
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&deposed.owner.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 0, "the fenced checkout created no order");
+    assert_eq!(
+        deposed
+            .owner
+            .stock_ledger(Uuid::parse_str(&deposed.mug).unwrap())
+            .await,
+        (10, 0, 0),
+        "and held no stock"
+    );
+    deposed.the_old_owner_exits_and_the_new_one_sells().await;
+}
+
+#[tokio::test]
+async fn a_deposed_owner_is_fenced_out_of_cart_changes_and_writes_nothing() {
+    let deposed = deposed_owner().await;
+    let add = deposed
+        .owner
+        .post_json_as(
+            &deposed.customer.access_token,
+            "/api/v1/cart/items",
+            &json!({"variant_id": deposed.mug, "quantity": 5}),
+        )
+        .await;
+    assert_problem(add, 503).await;
+    let quantity: Vec<i32> = sqlx::query_scalar(
+        "SELECT l.quantity FROM cart_items l JOIN carts c ON c.id = l.cart_id WHERE c.user_id = $1",
+    )
+    .bind(deposed.customer.id)
+    .fetch_all(&deposed.owner.db)
+    .await
+    .unwrap();
+    assert_eq!(quantity, vec![2], "the fenced cart change was not written");
+    deposed.the_old_owner_exits_and_the_new_one_sells().await;
 }
 
 const ADMIN_EMAIL: &str = "lease-admin@example.com";

@@ -1,5 +1,6 @@
 //! One customer's cart.
 
+use crate::partition::Fence;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -107,6 +108,8 @@ impl Ticket {
 pub struct CartArgs {
     pub user: Uuid,
     pub db: PgPool,
+    /// This node's partitions: every cart write proves it still owns the cart's.
+    pub fence: Fence,
     /// Where line writes are group-committed with other carts'.
     pub journal: Arc<Journal>,
     pub inventory: Inventory,
@@ -120,6 +123,7 @@ pub struct CartState {
     cart: CartSnapshot,
     loaded: bool,
     db: PgPool,
+    fence: Fence,
     journal: Arc<Journal>,
     inventory: Inventory,
     idle_timeout: Duration,
@@ -167,7 +171,14 @@ impl CartState {
             Change::Remove { line } => self.remove(line, deadline).await,
             Change::Clear => self.clear(deadline).await,
             Change::SetCoupon { code } => {
-                store::set_coupon(&self.db, self.cart.cart_id, code.as_deref(), deadline).await?;
+                store::set_coupon(
+                    &self.db,
+                    &self.fence,
+                    self.cart.cart_id,
+                    code.as_deref(),
+                    deadline,
+                )
+                .await?;
                 self.cart.coupon_code = code;
                 Ok(())
             }
@@ -253,13 +264,13 @@ impl CartState {
         if !self.cart.lines.iter().any(|l| l.id == line) {
             return Err(CartError::NoSuchLine);
         }
-        store::delete_line(&self.db, self.cart.cart_id, line, deadline).await?;
+        store::delete_line(&self.db, &self.fence, self.cart.cart_id, line, deadline).await?;
         self.cart.lines.retain(|l| l.id != line);
         Ok(())
     }
 
     async fn clear(&mut self, deadline: Instant) -> Result<(), CartError> {
-        store::clear(&self.db, self.cart.cart_id, deadline).await?;
+        store::clear(&self.db, &self.fence, self.cart.cart_id, deadline).await?;
         self.cart.lines.clear();
         self.cart.coupon_code = None;
         Ok(())
@@ -331,6 +342,7 @@ impl ShopActor for CartActor {
             cart,
             loaded: false,
             db: args.db,
+            fence: args.fence,
             journal: args.journal,
             inventory: args.inventory,
             idle_timeout: args.idle_timeout,

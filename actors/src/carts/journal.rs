@@ -11,6 +11,7 @@
 //! gets its own answer. Only a commit whose answer was lost leaves its lines unknown
 //! ([`CartError::Interrupted`]): their carts reload from PostgreSQL, as for a lone write.
 
+use crate::partition::Fence;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -29,6 +30,7 @@ const MAX_BATCH: usize = 256;
 /// The cart lines' group commit; one per process, shared by every cart actor.
 pub struct Journal {
     db: PgPool,
+    fence: Fence,
     queue: Mutex<Queue>,
 }
 
@@ -67,9 +69,10 @@ impl Drop for Turn {
 }
 
 impl Journal {
-    pub fn new(db: PgPool) -> Arc<Self> {
+    pub fn new(db: PgPool, fence: Fence) -> Arc<Self> {
         Arc::new(Self {
             db,
+            fence,
             queue: Mutex::new(Queue::default()),
         })
     }
@@ -149,13 +152,14 @@ impl Journal {
             return;
         };
         let lines: Vec<(Uuid, &CartLine)> = live.iter().map(|q| (q.cart, &q.line)).collect();
-        match store::upsert_lines(&self.db, &lines, deadline).await {
+        match store::upsert_lines(&self.db, &self.fence, &lines, deadline).await {
             // Rolled back as a whole: each line on its own, for its own answer.
             Err(error) if live.len() > 1 && !matches!(error, CartError::Interrupted(_)) => {
                 tracing::debug!(%error, lines = live.len(), "a batch of cart lines was refused; writing them one by one");
                 let alone = live.into_iter().map(|queued| async move {
                     let line = [(queued.cart, &queued.line)];
-                    let result = store::upsert_lines(&self.db, &line, queued.deadline).await;
+                    let result =
+                        store::upsert_lines(&self.db, &self.fence, &line, queued.deadline).await;
                     let _ = queued.done.send(result);
                 });
                 futures::future::join_all(alone).await;

@@ -106,6 +106,9 @@ pub enum CartError {
 
 impl From<sqlx::Error> for CartError {
     fn from(error: sqlx::Error) -> Self {
+        if crate::partition::is_not_owner(&error) {
+            return Self::Actor(ActorError::NotOwner);
+        }
         Self::Storage(error.to_string())
     }
 }
@@ -123,6 +126,8 @@ impl From<crate::inventory::InventoryError> for CartError {
 pub struct CartConfig {
     pub idle_timeout: Duration,
     pub call_timeout: Duration,
+    /// This node's partitions (every cart write is fenced by them).
+    pub fence: crate::partition::Fence,
 }
 
 /// The typed handle to every cart.
@@ -164,7 +169,8 @@ impl Carts {
         let slot = Slot::empty(CartSupervisor::KIND_NAME);
         let args = supervisor::SupervisorArgs {
             prefix: prefix.to_owned(),
-            journal: journal::Journal::new(db.clone()),
+            journal: journal::Journal::new(db.clone(), config.fence.clone()),
+            fence: config.fence.clone(),
             db,
             inventory,
             idle_timeout: config.idle_timeout,

@@ -9,6 +9,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{CartError, CartLine, CartSnapshot};
+use crate::partition::Fence;
 
 /// The customer's cart with its lines, created empty on first touch; one statement.
 pub async fn load(db: &PgPool, user: Uuid) -> Result<CartSnapshot, sqlx::Error> {
@@ -104,12 +105,19 @@ fn failed(error: sqlx::Error, deadline: Instant) -> CartError {
     }
 }
 
+/// One change of `carts`, behind the fence of their partitions (a cart's key is its id).
 async fn write(
     db: &PgPool,
+    fence: &Fence,
+    carts: &[Uuid],
     deadline: Instant,
     query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
 ) -> Result<(), CartError> {
     let mut tx = begin_until(db, deadline).await?;
+    fence
+        .check(&mut tx, carts.iter().copied())
+        .await
+        .map_err(|error| failed(error, deadline))?;
     query
         .execute(&mut *tx)
         .await
@@ -127,6 +135,7 @@ async fn write(
 /// statement of one transaction.
 pub async fn upsert_lines(
     db: &PgPool,
+    fence: &Fence,
     lines: &[(Uuid, &CartLine)],
     deadline: Instant,
 ) -> Result<(), CartError> {
@@ -151,11 +160,12 @@ pub async fn upsert_lines(
             .collect::<Vec<_>>(),
     )
     .bind(lines.iter().map(|(_, l)| l.added_at).collect::<Vec<_>>());
-    write(db, deadline, query).await
+    write(db, fence, &carts, deadline, query).await
 }
 
 pub async fn delete_line(
     db: &PgPool,
+    fence: &Fence,
     cart: Uuid,
     line: Uuid,
     deadline: Instant,
@@ -166,14 +176,19 @@ pub async fn delete_line(
     )
     .bind(line)
     .bind(cart);
-    write(db, deadline, query).await
+    write(db, fence, &[cart], deadline, query).await
 }
 
 const CLEAR: &str = "WITH gone AS (DELETE FROM cart_items WHERE cart_id = $1)
      UPDATE carts SET coupon_code = NULL, updated_at = now() WHERE id = $1";
 
-pub async fn clear(db: &PgPool, cart: Uuid, deadline: Instant) -> Result<(), CartError> {
-    write(db, deadline, sqlx::query(CLEAR).bind(cart)).await
+pub async fn clear(
+    db: &PgPool,
+    fence: &Fence,
+    cart: Uuid,
+    deadline: Instant,
+) -> Result<(), CartError> {
+    write(db, fence, &[cart], deadline, sqlx::query(CLEAR).bind(cart)).await
 }
 
 /// Empties a checked-out cart (lines and coupon) inside the transaction that writes its order.
@@ -184,6 +199,7 @@ pub async fn empty_in(conn: &mut sqlx::PgConnection, cart: Uuid) -> Result<(), s
 
 pub async fn set_coupon(
     db: &PgPool,
+    fence: &Fence,
     cart: Uuid,
     code: Option<&str>,
     deadline: Instant,
@@ -191,5 +207,5 @@ pub async fn set_coupon(
     let query = sqlx::query("UPDATE carts SET coupon_code = $2, updated_at = now() WHERE id = $1")
         .bind(cart)
         .bind(code);
-    write(db, deadline, query).await
+    write(db, fence, &[cart], deadline, query).await
 }

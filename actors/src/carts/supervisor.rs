@@ -24,6 +24,7 @@ pub enum CartSupervisorMsg {
 pub struct SupervisorArgs {
     pub prefix: String,
     pub db: PgPool,
+    pub fence: crate::partition::Fence,
     pub journal: std::sync::Arc<super::journal::Journal>,
     pub inventory: Inventory,
     pub idle_timeout: Duration,
@@ -49,6 +50,7 @@ impl SupervisorState {
         let args = CartArgs {
             user,
             db: self.args.db.clone(),
+            fence: self.args.fence.clone(),
             journal: self.args.journal.clone(),
             inventory: self.args.inventory.clone(),
             idle_timeout: self.args.idle_timeout,

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::instrument::{ActorError, Slot};
 use crate::inventory::shard_index;
+use crate::partition::Fence;
 use crate::root::{ChildSpec, RestartPolicy, SupervisorKind};
 pub use shard::{CouponLimiterShard, LimiterArgs, LimiterMsg};
 
@@ -57,6 +58,8 @@ impl SupervisorKind for CouponsKind {
 pub struct CouponConfig {
     pub shards: usize,
     pub call_timeout: Duration,
+    /// This node's partitions (every shard's writes are fenced by them).
+    pub fence: Fence,
 }
 
 /// The typed handle to the coupon limiter shards.
@@ -86,6 +89,7 @@ impl CouponLimiter {
                 index,
                 count,
                 db: db.clone(),
+                fence: config.fence.clone(),
             };
             specs.push(ChildSpec::new(
                 format!("{prefix}coupon-shard-{index}"),

@@ -20,6 +20,7 @@ use super::store::{self, NewUse, Settled};
 use super::{CouponError, Limits};
 use crate::instrument::{Mailbox, ShopActor};
 use crate::inventory::shard_index;
+use crate::partition::{Fence, is_not_owner};
 
 pub enum LimiterMsg {
     Reserve {
@@ -53,6 +54,8 @@ pub struct LimiterArgs {
     pub index: usize,
     pub count: usize,
     pub db: PgPool,
+    /// This node's partitions: every write of a coupon's uses proves it still owns them.
+    pub fence: Fence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +131,7 @@ struct Pending {
 pub struct LimiterState {
     index: usize,
     db: PgPool,
+    fence: Fence,
     /// The shard's own connection, holding its advisory lock (see [`store::connect`]); dropped
     /// after an error whose outcome is unknown, and opened again (behind the lock) on next use.
     conn: Option<PgConnection>,
@@ -144,6 +148,9 @@ impl CouponLimiterShard {
 }
 
 fn storage(error: &sqlx::Error) -> CouponError {
+    if crate::partition::is_not_owner(error) {
+        return CouponError::Actor(crate::ActorError::NotOwner);
+    }
     CouponError::Storage(error.to_string())
 }
 
@@ -151,7 +158,7 @@ impl LimiterState {
     async fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => store::connect(&self.db, self.index).await?,
+            None => store::connect(&self.db, &self.fence, self.index).await?,
         };
         Ok(self.conn.insert(conn))
     }
@@ -293,7 +300,8 @@ impl LimiterState {
             Err(error) => error,
         };
         let broken = self.unsure_after(&error);
-        if broken || rows.len() == 1 {
+        // The fence refuses every row alike: no use in trying them one by one.
+        if broken || rows.len() == 1 || is_not_owner(&error) {
             tracing::error!(shard = self.index, %error, "persisting coupon uses failed; undoing them");
             for row in rows {
                 outcomes.insert((row.coupon_id, row.order_id), Err(error.to_string()));
@@ -327,7 +335,8 @@ impl LimiterState {
     }
 
     async fn hold(&mut self, rows: &[NewUse]) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
-        store::hold(self.conn().await?, rows).await
+        let fence = self.fence.clone();
+        store::hold(self.conn().await?, &fence, rows).await
     }
 
     /// Every row was persisted or already live: a row PostgreSQL did not write had a live use that
@@ -365,8 +374,9 @@ impl LimiterState {
             // Flushed before every settle: nothing is being decided.
             (Some(State::Deciding | State::Held), _) => {}
         }
+        let fence = self.fence.clone();
         let written = match self.conn().await {
-            Ok(conn) => store::settle(conn, coupon, order, to).await,
+            Ok(conn) => store::settle(conn, &fence, coupon, order, to).await,
             Err(error) => Err(error),
         };
         match written {
@@ -416,7 +426,7 @@ impl ShopActor for CouponLimiterShard {
         _myself: Mailbox<LimiterMsg>,
         args: LimiterArgs,
     ) -> Result<LimiterState, ActorProcessingErr> {
-        let mut conn = store::connect(&args.db, args.index).await?;
+        let mut conn = store::connect(&args.db, &args.fence, args.index).await?;
         // Rebuild: every coupon of this shard with a held use (others load on first touch).
         let coupons: Vec<Uuid> = store::coupons_with_held_uses(&mut conn)
             .await?
@@ -426,6 +436,7 @@ impl ShopActor for CouponLimiterShard {
         let mut state = LimiterState {
             index: args.index,
             db: args.db,
+            fence: args.fence,
             conn: Some(conn),
             coupons: HashMap::new(),
             pending: Vec::new(),

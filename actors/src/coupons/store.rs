@@ -2,10 +2,13 @@
 //! the connection each limiter shard writes through.
 
 use sqlx::postgres::PgConnection;
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool};
 use uuid::Uuid;
 
-/// Namespace of the shards' advisory locks (`"COUP"`); the second key is the shard's index.
+use crate::partition::Fence;
+
+/// Namespace of the shards' advisory locks (`"COUP"`), within this node's (see
+/// [`Fence::local_lock`]); the second key is the shard's index.
 const LOCK_CLASS: i32 = 0x434f_5550;
 
 /// Opens the connection a shard writes through and takes the shard's advisory lock on it.
@@ -15,11 +18,18 @@ const LOCK_CLASS: i32 = 0x434f_5550;
 /// backend ends, that is after the statement has committed or failed. So a restarted shard reads
 /// the uses only once nothing it does not know about can still land. The wait is bounded by the
 /// connection's `statement_timeout` (from the pool's options); the supervisor retries after that.
-pub async fn connect(db: &PgPool, shard: usize) -> Result<PgConnection, sqlx::Error> {
+///
+/// The lock is this node's own: another node's shard is kept out by the partitions' epochs.
+pub async fn connect(
+    db: &PgPool,
+    fence: &Fence,
+    shard: usize,
+) -> Result<PgConnection, sqlx::Error> {
     let mut conn = db.connect_options().connect().await?;
+    let (class, key) = fence.local_lock(LOCK_CLASS, shard);
     sqlx::query("SELECT pg_advisory_lock($1, $2)")
-        .bind(LOCK_CLASS)
-        .bind(i32::try_from(shard).unwrap_or(i32::MAX))
+        .bind(class)
+        .bind(key)
         .execute(&mut conn)
         .await?;
     Ok(conn)
@@ -65,13 +75,16 @@ pub struct NewUse {
 /// which lists the (coupon, order) pairs written.
 pub async fn hold(
     conn: &mut PgConnection,
+    fence: &Fence,
     uses: &[NewUse],
 ) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     let ids: Vec<Uuid> = uses.iter().map(|_| Uuid::now_v7()).collect();
     let coupons: Vec<Uuid> = uses.iter().map(|u| u.coupon_id).collect();
     let orders: Vec<Uuid> = uses.iter().map(|u| u.order_id).collect();
     let users: Vec<Uuid> = uses.iter().map(|u| u.user_id).collect();
-    sqlx::query_as(
+    let mut tx = conn.begin().await?;
+    fence.check(&mut tx, coupons.iter().copied()).await?;
+    let written = sqlx::query_as(
         "INSERT INTO coupon_redemptions AS r (id, coupon_id, order_id, user_id)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[])
          ON CONFLICT ON CONSTRAINT coupon_redemptions_order_key
@@ -79,21 +92,26 @@ pub async fn hold(
          RETURNING coupon_id, order_id",
     )
     .bind(ids)
-    .bind(coupons)
+    .bind(&coupons)
     .bind(orders)
     .bind(users)
-    .fetch_all(conn)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(written)
 }
 
 /// Moves the held use of (`coupon`, `order`) to `to` (`committed` or `released`); answers whether
 /// there was a held use to move.
 pub async fn settle(
     conn: &mut PgConnection,
+    fence: &Fence,
     coupon: Uuid,
     order: Uuid,
     to: Settled,
 ) -> Result<bool, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    fence.check(&mut tx, [coupon]).await?;
     let done = sqlx::query(
         "UPDATE coupon_redemptions SET status = $3
          WHERE coupon_id = $1 AND order_id = $2 AND status = 'held'",
@@ -101,8 +119,9 @@ pub async fn settle(
     .bind(coupon)
     .bind(order)
     .bind(to.as_str())
-    .execute(conn)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 

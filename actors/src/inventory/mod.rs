@@ -10,7 +10,6 @@ mod store;
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::instrument::{ActorError, Slot};
+use crate::partition::Fence;
 use crate::root::{ChildSpec, RestartPolicy, SupervisorKind};
 pub use shard::{InventoryShard, ShardArgs, ShardMsg};
 
@@ -55,6 +55,9 @@ pub enum InventoryError {
 
 impl From<sqlx::Error> for InventoryError {
     fn from(error: sqlx::Error) -> Self {
+        if crate::partition::is_not_owner(&error) {
+            return Self::Actor(ActorError::NotOwner);
+        }
         Self::Storage(error.to_string())
     }
 }
@@ -102,6 +105,8 @@ pub struct InventoryConfig {
     /// How often each shard checks its memory against PostgreSQL.
     pub reconcile_interval: Duration,
     pub call_timeout: Duration,
+    /// This node's partitions (every shard's writes are fenced by them).
+    pub fence: Fence,
 }
 
 /// The typed handle to the inventory shards.
@@ -167,6 +172,7 @@ impl Inventory {
                 index,
                 count,
                 db: db.clone(),
+                fence: config.fence.clone(),
                 expiry_interval: config.expiry_interval,
                 reconcile_interval: config.reconcile_interval,
             };
@@ -595,11 +601,8 @@ fn short_lines(lines: &[Demand], available: &HashMap<Uuid, i32>) -> Vec<Shortage
         .collect()
 }
 
-/// A stable shard for a variant (the same in every process and after restarts).
+/// A stable shard for a variant (the same in every process and after restarts): the key's
+/// [`crate::partition::key_hash`], the hash its partition comes from too.
 pub fn shard_index(variant: Uuid, shards: usize) -> usize {
-    // SipHash with fixed keys: stable, and spreads v7 UUIDs whose leading bytes are a timestamp.
-    #[allow(deprecated)]
-    let mut hasher = std::hash::SipHasher::new();
-    variant.hash(&mut hasher);
-    (hasher.finish() % shards.max(1) as u64) as usize
+    (crate::partition::key_hash(variant) % shards.max(1) as u64) as usize
 }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::store::{self, HoldRow};
 use super::{Demand, EditFailure, InventoryError, Shortage, Writes, shard_index};
 use crate::instrument::{Mailbox, ShopActor};
+use crate::partition::Fence;
 
 pub enum ShardMsg {
     Available(
@@ -69,6 +70,8 @@ pub struct ShardArgs {
     pub index: usize,
     pub count: usize,
     pub db: PgPool,
+    /// This node's partitions: every write of holds and stock proves it still owns them.
+    pub fence: Fence,
     pub expiry_interval: Duration,
     pub reconcile_interval: Duration,
 }
@@ -107,6 +110,7 @@ pub struct ShardState {
     index: usize,
     count: usize,
     db: PgPool,
+    fence: Fence,
     stock: HashMap<Uuid, Stock>,
     /// Live holds by owner: (variant, units, expiry).
     holds: HashMap<Uuid, Vec<(Uuid, i32, DateTime<Utc>)>>,
@@ -179,9 +183,9 @@ impl ShardState {
             .iter()
             .map(|p| (p.owner, p.lines.iter().map(|l| l.variant_id).collect()))
             .collect();
-        let (db, myself) = (self.db.clone(), myself.clone());
+        let (db, fence, myself) = (self.db.clone(), self.fence.clone(), myself.clone());
         let task = tokio::spawn(async move {
-            match store::insert_holds(&db, &rows).await {
+            match store::insert_holds(&db, &fence, &rows).await {
                 Ok(()) => {
                     for pending in batch {
                         let _ = pending.reply.send(Ok(()));
@@ -310,7 +314,7 @@ impl ShardState {
         if variants.is_empty() {
             return Ok(self.mine(store::committed(&self.db, owner).await?));
         }
-        let (sold, total) = match store::commit(&self.db, owner, &variants).await {
+        let (sold, total) = match store::commit(&self.db, &self.fence, owner, &variants).await {
             Ok(answer) => answer,
             Err(error) => {
                 self.forget(owner, &variants);
@@ -377,7 +381,7 @@ impl ShardState {
             return Ok(0);
         }
         self.load(&variants).await?;
-        let returned = match store::restock(&self.db, owner, &variants).await {
+        let returned = match store::restock(&self.db, &self.fence, owner, &variants).await {
             Ok(returned) => returned,
             Err(error) => {
                 // Whether the units went back is unknown: reload the variants on next touch.
@@ -421,6 +425,10 @@ impl ShardState {
             return Err(InventoryError::BelowHeld { held }.into());
         }
         let mut tx = self.db.begin().await.map_err(InventoryError::from)?;
+        self.fence
+            .check(&mut tx, [variant])
+            .await
+            .map_err(InventoryError::from)?;
         if let Some(writes) = writes {
             // Dropping `tx` on the way out rolls back whatever the writes did.
             writes(&mut tx).await.map_err(EditFailure::Writes)?;
@@ -459,15 +467,16 @@ impl ShardState {
         if variants.is_empty() {
             return Ok(0);
         }
-        let released = match store::release(&self.db, owners, &variants, only_expired).await {
-            Ok(released) => released,
-            Err(error) => {
-                for owner in owners {
-                    self.forget(*owner, &variants);
+        let released =
+            match store::release(&self.db, &self.fence, owners, &variants, only_expired).await {
+                Ok(released) => released,
+                Err(error) => {
+                    for owner in owners {
+                        self.forget(*owner, &variants);
+                    }
+                    return Err(error.into());
                 }
-                return Err(error.into());
-            }
-        };
+            };
         let mut units = 0;
         for (owner, variant, quantity) in released {
             units += quantity;
@@ -506,6 +515,7 @@ impl ShopActor for InventoryShard {
             index: args.index,
             count: args.count,
             db: args.db,
+            fence: args.fence,
             stock: HashMap::new(),
             holds: HashMap::new(),
             unsure: HashSet::new(),

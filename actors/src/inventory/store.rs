@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::partition::Fence;
+
 /// What `bundle_components` says of some variants.
 pub struct Composition {
     /// Per bundle variant: its components and units of each per bundle.
@@ -76,35 +78,43 @@ pub async fn live_holds(db: &PgPool) -> Result<Vec<HoldRow>, sqlx::Error> {
     .await
 }
 
-/// Persists a batch of new holds in one statement.
-pub async fn insert_holds(db: &PgPool, holds: &[HoldRow]) -> Result<(), sqlx::Error> {
+/// Persists a batch of new holds in one statement, behind the fence of their variants.
+pub async fn insert_holds(
+    db: &PgPool,
+    fence: &Fence,
+    holds: &[HoldRow],
+) -> Result<(), sqlx::Error> {
     let ids: Vec<Uuid> = holds.iter().map(|_| Uuid::now_v7()).collect();
     let owners: Vec<Uuid> = holds.iter().map(|h| h.owner_id).collect();
     let variants: Vec<Uuid> = holds.iter().map(|h| h.variant_id).collect();
     let quantities: Vec<i32> = holds.iter().map(|h| h.quantity).collect();
     let expiries: Vec<DateTime<Utc>> = holds.iter().map(|h| h.expires_at).collect();
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO stock_reservations (id, owner_id, variant_id, quantity, expires_at)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[])",
     )
     .bind(ids)
     .bind(owners)
-    .bind(variants)
+    .bind(&variants)
     .bind(quantities)
-    .bind(expiries)
-    .execute(db)
-    .await?;
-    Ok(())
+    .bind(expiries);
+    let mut tx = db.begin().await?;
+    fence.check(&mut tx, variants.iter().copied()).await?;
+    insert.execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 /// Marks `owner`'s held rows on `variants` released (all of them, or only the expired ones).
 pub async fn release(
     db: &PgPool,
+    fence: &Fence,
     owners: &[Uuid],
     variants: &[Uuid],
     only_expired: bool,
 ) -> Result<Vec<(Uuid, Uuid, i32)>, sqlx::Error> {
-    sqlx::query_as(
+    let mut tx = db.begin().await?;
+    fence.check(&mut tx, variants.iter().copied()).await?;
+    let released = sqlx::query_as(
         "UPDATE stock_reservations SET status = 'released'
          WHERE owner_id = ANY($1) AND variant_id = ANY($2) AND status = 'held'
            AND (NOT $3 OR expires_at <= now())
@@ -113,8 +123,10 @@ pub async fn release(
     .bind(owners)
     .bind(variants)
     .bind(only_expired)
-    .fetch_all(db)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(released)
 }
 
 /// Turns `owner`'s holds on `variants` into sales and takes the units off the shelf, in one
@@ -123,10 +135,12 @@ pub async fn release(
 /// what the table says, not 0).
 pub async fn commit(
     db: &PgPool,
+    fence: &Fence,
     owner: Uuid,
     variants: &[Uuid],
 ) -> Result<(Vec<(Uuid, i32)>, i32), sqlx::Error> {
     let mut tx = db.begin().await?;
+    fence.check(&mut tx, variants.iter().copied()).await?;
     let sold: Vec<(Uuid, i32)> = sqlx::query_as(
         "UPDATE stock_reservations SET status = 'committed'
          WHERE owner_id = $1 AND variant_id = ANY($2) AND status = 'held'
@@ -210,10 +224,12 @@ pub async fn committed(db: &PgPool, owner: Uuid) -> Result<Vec<(Uuid, i32)>, sql
 /// stock is cancelled and refunded: what it did sell returns), in one transaction.
 pub async fn restock(
     db: &PgPool,
+    fence: &Fence,
     owner: Uuid,
     variants: &[Uuid],
 ) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
     let mut tx = db.begin().await?;
+    fence.check(&mut tx, variants.iter().copied()).await?;
     let returned: Vec<(Uuid, i32)> = sqlx::query_as(
         "UPDATE stock_reservations SET status = 'released'
          WHERE owner_id = $1 AND variant_id = ANY($2) AND status = 'committed'
