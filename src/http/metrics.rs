@@ -49,10 +49,25 @@ const WATCHED_COUNTERS: &[&str] = &[
     "outbox_relay_failures_total",
 ];
 
+/// Gauges the alert rules compare: absent until their first measurement, an alert on them could
+/// not tell "no data" from 0. Each appears at once at 0 (`increment(0)` leaves a value already
+/// set as it is) and takes its measured value at its reporter's first pass. Per-shard gauges
+/// (`inventory_reconciliation_mismatches`, `coupon_uses_held`) are set by each shard as it starts.
+const WATCHED_GAUGES: &[&str] = &[
+    "refunds_owed",
+    "outbox_oldest_unpublished_seconds",
+    "orders_pending",
+];
+
 fn start_watched_counters_at_zero() {
     for name in WATCHED_COUNTERS {
         metrics::counter!(*name).increment(0);
     }
+    for name in WATCHED_GAUGES {
+        metrics::gauge!(*name).increment(0.0);
+    }
+    // The saga-leak alert sums the sagas alive, which are none until the first checkout.
+    metrics::gauge!("actor_alive", "kind" => "order_saga").increment(0.0);
     for scope in [crate::rate_limit::Scope::Ip, crate::rate_limit::Scope::User] {
         metrics::counter!("rate_limited_total", "scope" => scope.as_str()).increment(0);
         metrics::counter!("rate_limit_backend_errors_total", "scope" => scope.as_str())

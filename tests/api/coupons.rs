@@ -129,7 +129,7 @@ async fn two_hundred_customers_racing_for_ten_uses_get_exactly_ten() {
     );
     let shard = limiter(&app).shard_of(coupon);
     assert_eq!(
-        metric_value(&text, &format!("coupon_held_uses{{shard=\"{shard}\"}}")),
+        metric_value(&text, &format!("coupon_uses_held{{shard=\"{shard}\"}}")),
         Some(10.0),
         "{text}"
     );

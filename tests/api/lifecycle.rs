@@ -2,39 +2,49 @@
 //! stopped with SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::helpers::{TestDatabase, eventually, metric_value};
 
-#[tokio::test]
-async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
-    let database = TestDatabase::new();
+/// The real binary serving the test profile on `database`, on a port of its own, with `env` on
+/// top; answers the child and the address it printed once bound.
+pub async fn spawn_binary(database: &TestDatabase, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shop"))
         .env("SHOP_ENV", "test")
         .env("DATABASE_URL", &database.url)
         .env("SHOP__SERVER__PORT", "0")
-        .env("SHOP__SERVER__SHUTDOWN_GRACE_SECS", "20")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the shop binary starts");
-
     // The binary prints the address it bound (port 0 in the settings: the environment won).
     let stdout = child.stdout.take().expect("stdout");
     let address = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
-        lines
+        let address = lines
             .find_map(|line| {
                 let line = line.ok()?;
                 let start = line.find("http://")?;
                 let rest = &line[start..];
                 Some(rest.split_whitespace().next()?.to_owned())
             })
-            .expect("a listening line")
+            .expect("a listening line");
+        // Keep reading, so that the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        address
     })
     .await
     .unwrap();
+    (child, address)
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
+    let database = TestDatabase::new();
+    let (mut child, address) =
+        spawn_binary(&database, &[("SHOP__SERVER__SHUTDOWN_GRACE_SECS", "20")]).await;
 
     let client = reqwest::Client::new();
     let slow = tokio::spawn({

@@ -308,7 +308,7 @@ async fn every_metric_the_dashboard_and_the_alerts_read_is_exported() {
         "inventory_reconciliation_mismatches",
         "outbox_oldest_unpublished_seconds",
         "orders_pending",
-        "coupon_held_uses",
+        "coupon_uses_held",
     ] {
         assert!(wanted.contains(name), "{name} not found in {wanted:?}");
     }
@@ -405,4 +405,58 @@ async fn orders_pending_counts_the_orders_awaiting_payment() {
         Some(1.0),
         "a passing probe records app_ready 1"
     );
+}
+
+/// An alert on a gauge that is absent until its first measurement cannot tell "no data" from 0:
+/// a fresh process, scraped right after it is ready, exports every series the alert rules read
+/// (the per-shard ones for every shard, every actor kind they select).
+#[tokio::test]
+async fn a_fresh_process_exports_every_alerting_series_as_soon_as_it_is_ready() {
+    let database = crate::helpers::TestDatabase::new();
+    let (mut child, address) = crate::lifecycle::spawn_binary(&database, &[]).await;
+    let client = reqwest::Client::new();
+    eventually(DEADLINE, "the process to be ready", || {
+        let (client, url) = (client.clone(), format!("{address}/health/ready"));
+        async move {
+            let status = client.get(url).send().await.ok()?.status();
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+    let text = client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    child.kill().expect("the child is killed");
+    child.wait().expect("the child exits");
+
+    let alerts = alert_queries();
+    let wanted: BTreeSet<String> = alerts
+        .iter()
+        .flat_map(|q| metric_names(q))
+        .filter(|name| !SCRAPE_SERIES.contains(&name.as_str()))
+        .collect();
+    assert!(wanted.len() >= 7, "{wanted:?}");
+    let exported = exported_names(&text);
+    let missing: Vec<&String> = wanted.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "alerting series missing at start: {missing:?}"
+    );
+    for kind in alerts.iter().flat_map(|q| kinds_selected(q)) {
+        assert!(
+            text.contains(&format!("kind=\"{kind}\"")),
+            "no series of actor kind {kind} at start"
+        );
+    }
+    // The test profile runs 4 inventory shards: each one's mismatch gauge is there, at 0.
+    for shard in 0..4 {
+        let series = format!("inventory_reconciliation_mismatches{{shard=\"{shard}\"}}");
+        assert_eq!(metric_value(&text, &series), Some(0.0), "{series}");
+    }
+    assert_eq!(metric_value(&text, "refunds_owed"), Some(0.0));
 }

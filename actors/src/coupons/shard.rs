@@ -204,7 +204,7 @@ impl LimiterState {
 
     fn report(&self) {
         let held: i64 = self.coupons.values().map(|u| i64::from(u.held)).sum();
-        metrics::gauge!("coupon_held_uses", "shard" => self.shard_label.clone()).set(held as f64);
+        metrics::gauge!("coupon_uses_held", "shard" => self.shard_label.clone()).set(held as f64);
     }
 
     /// Decides a reservation in memory: `None` when a new use is to be written, else the state of

@@ -540,6 +540,10 @@ impl ShopActor for InventoryShard {
             ));
         }
         state.report();
+        // Memory was just read from PostgreSQL: nothing mismatches yet. Exported from the start,
+        // so that the mismatch alert tells a healthy shard from one not scraped.
+        metrics::gauge!("inventory_reconciliation_mismatches", "shard" => state.shard_label.clone())
+            .set(0.0);
         myself.cast_every(args.expiry_interval, || ShardMsg::ExpireDue);
         myself.cast_every(args.reconcile_interval, || {
             // A reconciliation nobody waits for: it only sets the gauge.
