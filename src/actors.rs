@@ -95,6 +95,8 @@ impl Actors {
                 shards: settings.inventory.shard_count(),
                 call_timeout,
                 fence: fence.clone(),
+                reconcile_interval: Duration::from_secs(settings.inventory.reconcile_interval_secs),
+                orphan_grace: Duration::from_secs(settings.checkout.coupon_orphan_grace_secs),
             },
             restart,
             Slot::empty("coupon_supervisor"),

@@ -1,9 +1,9 @@
 //! The command line: `shop serve` (the default), `shop migrate`, and the admin commands: accounts,
 //! demo data, and the on-call reports (`reconcile`, `outbox`, `refunds`).
 //!
-//! Exit codes: 0 done (for `reconcile`: every variant reconciles); 1 the command could not run
-//! (configuration, database, broker), with the reason on stderr; 2 `reconcile` found variants that
-//! do not add up, named in the table it prints.
+//! Exit codes: 0 done (for `reconcile`: every variant and coupon reconciles); 1 the command could
+//! not run (configuration, database, broker), with the reason on stderr; 2 `reconcile` found
+//! variants or coupons that do not add up, named in the tables it prints.
 
 use std::process::ExitCode;
 
@@ -49,8 +49,9 @@ pub enum Command {
         #[arg(long)]
         demo: bool,
     },
-    /// Check stock conservation per variant and print on hand / held / sold. Exits 2 when a
-    /// variant does not reconcile (the README's Commands section says what is checked).
+    /// Check stock conservation per variant and coupon uses per coupon, and print on hand / held
+    /// / sold and held / committed. Exits 2 when a variant or a coupon does not reconcile (the
+    /// README's Commands section says what is checked).
     Reconcile,
     /// Print the outbox: messages pending per topic, the oldest one's age, and dead letters.
     Outbox,
@@ -126,7 +127,16 @@ async fn reconcile(settings: &Settings) -> anyhow::Result<ExitCode> {
         reconciliation.variants.len(),
         mismatched.len()
     );
-    if mismatched.is_empty() {
+    if !reconciliation.coupons.is_empty() {
+        print!("{}", oncall::coupon_table(&reconciliation.coupons));
+    }
+    let coupons: Vec<_> = reconciliation.mismatched_coupons().collect();
+    println!(
+        "{} coupon(s) in use, {} mismatched",
+        reconciliation.coupons.len(),
+        coupons.len()
+    );
+    if mismatched.is_empty() && coupons.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     for variant in &mismatched {
@@ -135,6 +145,14 @@ async fn reconcile(settings: &Settings) -> anyhow::Result<ExitCode> {
             variant.sku,
             variant.variant_id,
             variant.problems.join("; ")
+        );
+    }
+    for coupon in &coupons {
+        eprintln!(
+            "shop: coupon {} ({}) does not reconcile: {}",
+            coupon.code,
+            coupon.coupon_id,
+            coupon.problems.join("; ")
         );
     }
     Ok(ExitCode::from(EXIT_MISMATCH))

@@ -255,6 +255,16 @@ pub struct CheckoutSettings {
     /// How often the refund worker retries the refunds still owed.
     #[serde(default = "default_refund_interval_secs")]
     pub refund_interval_secs: u64,
+    /// A coupon use held this long for an order that does not exist or is no longer pending is
+    /// stranded: the coupon limiter's reconciliation (every `inventory.reconcile_interval_secs`)
+    /// releases it, or commits it for a paid order. Must exceed the longest a checkout can take
+    /// to write its order: `call_timeout_secs` + 2 × `database.statement_timeout_ms` + 5 s.
+    #[serde(default = "default_coupon_orphan_grace_secs")]
+    pub coupon_orphan_grace_secs: u64,
+}
+
+fn default_coupon_orphan_grace_secs() -> u64 {
+    120
 }
 
 pub use shop_actors::orders::SAGA_MARGIN;
@@ -571,6 +581,15 @@ impl Settings {
                 self.server.request_timeout_secs
             )));
         }
+        let checkout_writes = Duration::from_secs(self.checkout.call_timeout_secs + 5)
+            + 2 * Duration::from_millis(self.database.statement_timeout_ms);
+        if Duration::from_secs(self.checkout.coupon_orphan_grace_secs) <= checkout_writes {
+            return Err(ConfigError::Invalid(format!(
+                "checkout.coupon_orphan_grace_secs ({}) must exceed checkout.call_timeout_secs + 2 × database.statement_timeout_ms + 5 s ({} s): a use held for a checkout still writing its order is not stranded",
+                self.checkout.coupon_orphan_grace_secs,
+                checkout_writes.as_secs_f64()
+            )));
+        }
         if self.payments.provider == PaymentProvider::Stripe
             && (self.stripe.secret_key.is_none() || self.stripe.webhook_secret.is_none())
         {
@@ -646,6 +665,17 @@ mod tests {
 
     fn settings() -> Settings {
         Settings::load_profile(Profile::Test).expect("test profile loads")
+    }
+
+    #[test]
+    fn a_coupon_use_is_not_stranded_while_its_checkout_may_still_write_the_order() {
+        let mut s = settings();
+        // 20 s of checkout, 2 × 5 s of statements, 5 s of margin.
+        s.checkout.coupon_orphan_grace_secs = 36;
+        assert!(s.validate().is_ok());
+        s.checkout.coupon_orphan_grace_secs = 35;
+        let error = s.validate().unwrap_err().to_string();
+        assert!(error.contains("coupon_orphan_grace_secs"), "{error}");
     }
 
     #[test]

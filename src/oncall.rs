@@ -32,15 +32,39 @@ pub struct VariantStock {
     pub problems: Vec<String>,
 }
 
-/// Every variant, and which of them break the stock invariants.
+/// One coupon's uses as the database records them, and what does not add up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouponUses {
+    pub coupon_id: Uuid,
+    pub code: String,
+    /// `held` uses, whoever holds them.
+    pub held: i64,
+    /// Held uses whose order is not pending (a missing order, or one that moved on).
+    pub held_for_no_pending_order: i64,
+    /// Pending orders with the coupon and no live (held or committed) use of it.
+    pub pending_without_use: i64,
+    /// `committed` uses.
+    pub committed: i64,
+    /// Paid, shipped, delivered and refunded orders with the coupon.
+    pub sold_orders: i64,
+    /// Why this coupon does not reconcile; empty when it does.
+    pub problems: Vec<String>,
+}
+
+/// Every variant and every coupon with a use or an order, and which of them break the invariants.
 #[derive(Debug, Clone)]
 pub struct Reconciliation {
     pub variants: Vec<VariantStock>,
+    pub coupons: Vec<CouponUses>,
 }
 
 impl Reconciliation {
     pub fn mismatched(&self) -> impl Iterator<Item = &VariantStock> {
         self.variants.iter().filter(|v| !v.problems.is_empty())
+    }
+
+    pub fn mismatched_coupons(&self) -> impl Iterator<Item = &CouponUses> {
+        self.coupons.iter().filter(|c| !c.problems.is_empty())
     }
 }
 
@@ -119,7 +143,79 @@ pub async fn reconcile(db: &PgPool) -> Result<Reconciliation, sqlx::Error> {
             },
         )
         .collect();
-    Ok(Reconciliation { variants })
+    let coupons = reconcile_coupons(db).await?;
+    Ok(Reconciliation { variants, coupons })
+}
+
+/// Checks, per coupon that has a use or an order: every held use belongs to a pending order; every
+/// pending order with the coupon holds a use of it; the committed uses are the sold orders with
+/// the coupon.
+async fn reconcile_coupons(db: &PgPool) -> Result<Vec<CouponUses>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        r#"
+        WITH uses AS (
+            SELECT r.coupon_id,
+                   count(*) FILTER (WHERE r.status = 'held') AS held,
+                   count(*) FILTER (WHERE r.status = 'held' AND o.status IS DISTINCT FROM 'pending')
+                       AS stray,
+                   count(*) FILTER (WHERE r.status = 'committed') AS committed
+            FROM coupon_redemptions r
+            LEFT JOIN orders o ON o.id = r.order_id
+            WHERE r.status IN ('held', 'committed')
+            GROUP BY r.coupon_id
+        ),
+        orders_with AS (
+            SELECT o.coupon_id,
+                   count(*) FILTER (WHERE o.status = ANY($1)) AS sold,
+                   count(*) FILTER (WHERE o.status = 'pending' AND NOT EXISTS (
+                       SELECT 1 FROM coupon_redemptions r
+                       WHERE r.coupon_id = o.coupon_id AND r.order_id = o.id
+                         AND r.status IN ('held', 'committed'))) AS unheld
+            FROM orders o
+            WHERE o.coupon_id IS NOT NULL
+            GROUP BY o.coupon_id
+        )
+        SELECT c.id, c.code::text, coalesce(u.held, 0), coalesce(u.stray, 0),
+               coalesce(w.unheld, 0), coalesce(u.committed, 0), coalesce(w.sold, 0)
+        FROM coupons c
+        LEFT JOIN uses u ON u.coupon_id = c.id
+        LEFT JOIN orders_with w ON w.coupon_id = c.id
+        WHERE u.coupon_id IS NOT NULL OR w.coupon_id IS NOT NULL
+        ORDER BY c.code, c.id
+        "#,
+    )
+    .bind(&SOLD_STATUSES[..])
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(coupon_id, code, held, stray, unheld, committed, sold_orders)| {
+                let mut problems = Vec::new();
+                if stray > 0 {
+                    problems.push(format!("{stray} use(s) held for no pending order"));
+                }
+                if unheld > 0 {
+                    problems.push(format!("{unheld} pending order(s) hold no use"));
+                }
+                if committed != sold_orders {
+                    problems.push(format!(
+                        "{committed} use(s) committed, {sold_orders} sold order(s) with the coupon"
+                    ));
+                }
+                CouponUses {
+                    coupon_id,
+                    code,
+                    held,
+                    held_for_no_pending_order: stray,
+                    pending_without_use: unheld,
+                    committed,
+                    sold_orders,
+                    problems,
+                }
+            },
+        )
+        .collect())
 }
 
 /// The outbox of one topic: what waits to leave, and what was given up on.
@@ -287,6 +383,26 @@ pub fn reconciliation_table(reconciliation: &Reconciliation) -> String {
         &["SKU", "VARIANT", "ON HAND", "HELD", "SOLD", "CHECK"],
         &rows,
     )
+}
+
+pub fn coupon_table(coupons: &[CouponUses]) -> String {
+    let rows: Vec<Vec<String>> = coupons
+        .iter()
+        .map(|c| {
+            vec![
+                c.code.clone(),
+                c.coupon_id.to_string(),
+                c.held.to_string(),
+                c.committed.to_string(),
+                if c.problems.is_empty() {
+                    "ok".to_owned()
+                } else {
+                    format!("MISMATCH: {}", c.problems.join("; "))
+                },
+            ]
+        })
+        .collect();
+    table(&["COUPON", "ID", "HELD", "COMMITTED", "CHECK"], &rows)
 }
 
 pub fn outbox_table(topics: &[OutboxTopic]) -> String {

@@ -66,6 +66,10 @@ fn start_watched_counters_at_zero() {
     for name in WATCHED_GAUGES {
         metrics::gauge!(*name).increment(0.0);
     }
+    for to in ["released", "committed"] {
+        metrics::counter!("coupon_uses_repaired_total", "to" => to).increment(0);
+    }
+    metrics::counter!("coupon_reservations_abandoned_total").increment(0);
     // The saga-leak alert sums the sagas alive, which are none until the first checkout.
     metrics::gauge!("actor_alive", "kind" => "order_saga").increment(0.0);
     for scope in [crate::rate_limit::Scope::Ip, crate::rate_limit::Scope::User] {

@@ -258,7 +258,7 @@ async fn seed_demo_fills_a_catalog_once() {
 }
 
 /// Runs `shop <args>` against `database`: (exit code, stdout, stderr).
-async fn run_shop(database: &TestDatabase, args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn run_shop(database: &TestDatabase, args: &[&str]) -> (i32, String, String) {
     let mut command = shop(database);
     command.args(args);
     let output = tokio::task::spawn_blocking(move || command.output().unwrap())
@@ -272,7 +272,7 @@ async fn run_shop(database: &TestDatabase, args: &[&str]) -> (i32, String, Strin
 }
 
 /// The table row of `needle` (a SKU, an order number) split into cells.
-fn row_of(table: &str, needle: &str) -> Vec<String> {
+pub(crate) fn row_of(table: &str, needle: &str) -> Vec<String> {
     let line = table
         .lines()
         .find(|line| line.split_whitespace().any(|cell| cell == needle))

@@ -580,3 +580,214 @@ async fn expiry_releases_the_coupon_use() {
     fill_cart(&app, &next, &mug, 1).await;
     assert_eq!(apply(&app, &next, "ONCEONLY").await.status(), 200);
 }
+
+/// Held uses of `coupon` whose order is missing or not pending: what would lock the coupon up.
+async fn stranded_uses(app: &TestApp, coupon: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM coupon_redemptions r LEFT JOIN orders o ON o.id = r.order_id
+         WHERE r.coupon_id = $1 AND r.status = 'held' AND o.status IS DISTINCT FROM 'pending'",
+    )
+    .bind(coupon)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// The limiter's insert of a use is stalled (a lock on `coupon_redemptions`) past its callers'
+/// timeout: both checkouts are 503. The insert in flight then commits and its use is released
+/// again; the reservation queued behind it, whose caller had given up, is never written. Both uses
+/// of the coupon go to the next customers.
+#[tokio::test]
+async fn a_reservation_that_outlives_its_checkout_gives_the_use_back() {
+    let app = TestApp::spawn_with(
+        // The limiter's callers give up well before the statement timeout cuts the insert.
+        |settings| settings.actors.call_timeout_ms = 1500,
+        |_| Vec::new(),
+    )
+    .await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "STALL-MUG", 1000, 5).await;
+    let pair = coupon(&app, &admin, limited_coupon("STALLED", "fixed", 100, 2)).await;
+    let coupon_id = id_of(&pair);
+    let first = customer_with_coupon(&app, &mug, 1, "STALLED").await;
+    let second = customer_with_coupon(&app, &mug, 1, "STALLED").await;
+
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE coupon_redemptions IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let (one, two) = tokio::join!(checkout(&app, &first), checkout(&app, &second));
+    assert_problem(one, 503).await;
+    assert_problem(two, 503).await;
+    // The insert that was waiting on the lock now commits, for a checkout that failed.
+    lock.commit().await.unwrap();
+
+    eventually(
+        DEADLINE,
+        "no use held for a checkout that failed",
+        || async {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM coupon_redemptions WHERE coupon_id = $1 AND status = 'held'",
+            )
+            .bind(coupon_id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            let used = app.state.actors.coupons.used(coupon_id).await.ok()?;
+            (held == 0 && used == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(stranded_uses(&app, coupon_id).await, 0);
+    let written: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM coupon_redemptions WHERE coupon_id = $1")
+            .bind(coupon_id)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        written,
+        ["released"],
+        "the stalled insert, released; the abandoned reservation never written"
+    );
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 0, "a 503 creates nothing");
+    // The next customers get both uses.
+    for _ in 0..2 {
+        let next = customer_with_coupon(&app, &mug, 1, "STALLED").await;
+        let placed = checkout(&app, &next).await;
+        assert_eq!(placed.status(), 201);
+        let placed: Value = placed.json().await.unwrap();
+        assert_eq!(placed["total"], 900);
+    }
+}
+
+/// Uses no saga will end (held for an order that was never written, or for one paid before its
+/// use was committed, as a crash leaves them) are ended by the limiter's periodic reconciliation:
+/// released or committed, counted, and `shop reconcile` names them until then.
+#[tokio::test]
+async fn the_limiter_ends_stranded_uses_and_shop_reconcile_names_them() {
+    use crate::cli::{row_of, run_shop};
+    const GRACE: u64 = 120;
+    const AGE: f64 = (GRACE - 8) as f64;
+    let app = TestApp::spawn_with(
+        |settings| settings.checkout.coupon_orphan_grace_secs = GRACE,
+        |_| Vec::new(),
+    )
+    .await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "STRAND-MUG", 1000, 5).await;
+    let pair = coupon(&app, &admin, limited_coupon("STRANDED", "fixed", 100, 2)).await;
+    let coupon_id = id_of(&pair);
+    // A paid order with the coupon.
+    let buyer = customer_with_coupon(&app, &mug, 1, "STRANDED").await;
+    let paid: Value = checkout(&app, &buyer).await.json().await.unwrap();
+    let paid_id = paid["id"].as_str().unwrap();
+    let response = app
+        .post_json_as(
+            &buyer.access_token,
+            &format!("/api/v1/orders/{paid_id}/pay"),
+            &json!({"payment_method": "pm_card_visa"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    wait_status(&app, &buyer, paid_id, "paid").await;
+    let (code, stdout, stderr) = run_shop(&app.database, &["reconcile"]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        row_of(&stdout, "STRANDED"),
+        ["STRANDED", &coupon_id.to_string(), "0", "1", "ok"]
+    );
+
+    // What a crash leaves, written behind the limiter's back (triggers off, so the timestamps
+    // stay) 8 s short of the grace period: the paid order's use held again, and a use for an order
+    // never written. `shop reconcile` sees them at once; the limiter once their grace is over.
+    let user: Uuid = sqlx::query_scalar("SELECT user_id FROM orders WHERE id = $1")
+        .bind(Uuid::parse_str(paid_id).unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE coupon_redemptions SET status = 'held', updated_at = now() - make_interval(secs => $2)
+         WHERE coupon_id = $1",
+    )
+    .bind(coupon_id)
+    .bind(AGE)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let never_written = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO coupon_redemptions (id, coupon_id, order_id, user_id, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, now() - make_interval(secs => $5), now() - make_interval(secs => $5))",
+    )
+    .bind(Uuid::now_v7())
+    .bind(coupon_id)
+    .bind(never_written)
+    .bind(user)
+    .bind(AGE)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (code, stdout, stderr) = run_shop(&app.database, &["reconcile"]).await;
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    let row = row_of(&stdout, "STRANDED").join(" ");
+    assert!(
+        row.contains("MISMATCH: 2 use(s) held for no pending order")
+            && row.contains("0 use(s) committed, 1 sold order(s) with the coupon"),
+        "{row}"
+    );
+    assert!(
+        stderr.contains(&format!("coupon STRANDED ({coupon_id}) does not reconcile")),
+        "{stderr}"
+    );
+
+    // The periodic pass (every second in the test profile) ends both once their grace is over.
+    eventually(2 * DEADLINE, "the stranded uses to be ended", || async {
+        (stranded_uses(&app, coupon_id).await == 0).then_some(())
+    })
+    .await;
+    let statuses: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT order_id, status FROM coupon_redemptions WHERE coupon_id = $1 ORDER BY order_id",
+    )
+    .bind(coupon_id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let status_of = |order: Uuid| {
+        statuses
+            .iter()
+            .find(|(o, _)| *o == order)
+            .map(|(_, s)| s.as_str())
+    };
+    assert_eq!(
+        status_of(Uuid::parse_str(paid_id).unwrap()),
+        Some("committed")
+    );
+    assert_eq!(status_of(never_written), Some("released"));
+    let text = app.metrics().await;
+    for to in ["released", "committed"] {
+        let repaired = crate::helpers::metric_value(
+            &text,
+            &format!("coupon_uses_repaired_total{{to=\"{to}\"}}"),
+        );
+        assert!(repaired.is_some_and(|n| n >= 1.0), "{to}: {repaired:?}");
+    }
+    assert_eq!(run_shop(&app.database, &["reconcile"]).await.0, 0);
+    // The second use is free again: the next customer takes it, and the limit holds after.
+    assert_eq!(app.state.actors.coupons.used(coupon_id).await.unwrap(), 1);
+    let next = customer_with_coupon(&app, &mug, 1, "STRANDED").await;
+    assert_eq!(checkout(&app, &next).await.status(), 201);
+    let late = customer_with_cart(&app, &mug, 1).await;
+    refused(apply(&app, &late, "STRANDED").await, "usage_limit_reached").await;
+}

@@ -5,10 +5,12 @@
 //! commits the use when the order is paid and releases it when the order is cancelled, expires or
 //! fails at checkout. Uses are rows of `coupon_redemptions`; a restarted shard rebuilds from them.
 //!
-//! Held uses do not expire on their own: the saga that holds one always ends it (it is resumed from
+//! Held uses do not expire on their own: the saga that holds one ends it (it is resumed from
 //! PostgreSQL after a restart). After an error from [`CouponLimiter::reserve`] the use may or may not
 //! be held (an actor that timed out may still write it): the caller retries with the same order,
-//! which is idempotent, or releases it.
+//! which is idempotent, or releases it. A shard drops a reservation whose caller has given up
+//! before it is written; a use stranded anyway (the release failed too, the process died before
+//! its order was written) is ended by the shard's periodic reconciliation after a grace period.
 
 mod shard;
 mod store;
@@ -60,6 +62,9 @@ pub struct CouponConfig {
     pub call_timeout: Duration,
     /// This node's partitions (every shard's writes are fenced by them).
     pub fence: Fence,
+    /// How often each shard looks for stranded held uses (see [`LimiterArgs::orphan_grace`]).
+    pub reconcile_interval: Duration,
+    pub orphan_grace: Duration,
 }
 
 /// The typed handle to the coupon limiter shards.
@@ -90,6 +95,8 @@ impl CouponLimiter {
                 count,
                 db: db.clone(),
                 fence: config.fence.clone(),
+                reconcile_interval: config.reconcile_interval,
+                orphan_grace: config.orphan_grace,
             };
             specs.push(ChildSpec::new(
                 format!("{prefix}coupon-shard-{index}"),
@@ -183,6 +190,14 @@ impl CouponLimiter {
             reply,
         })
         .await
+    }
+
+    /// Runs shard `index`'s reconciliation now; answers the stranded uses it repaired (tests).
+    pub async fn reconcile_shard(&self, index: usize) -> Result<u32, CouponError> {
+        self.shards[index]
+            .get()?
+            .call(LimiterMsg::Reconcile, self.timeout)
+            .await?
     }
 
     /// Held plus committed uses of `coupon` (tests and the admin).

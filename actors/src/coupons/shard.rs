@@ -7,16 +7,21 @@
 //!
 //! Held uses do not expire here: the order saga that reserved one releases it when the order is
 //! cancelled or expires (the inventory's holds carry their own expiry; a coupon use lives and dies
-//! with its order's saga, which is resumed from PostgreSQL after a restart).
+//! with its order's saga, which is resumed from PostgreSQL after a restart). A use no saga will
+//! ever end (its checkout failed and could not release it, the process died between the
+//! reservation and the order) is found by the shard's periodic reconciliation: a use held for
+//! longer than the grace period for an order that does not exist or is final is released (the
+//! order was never placed, or was cancelled) or committed (the order was paid).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use ractor::{ActorProcessingErr, RpcReplyPort};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::store::{self, NewUse, Settled};
+use super::store::{self, NewUse, Settled, Stranded};
 use super::{CouponError, Limits};
 use crate::instrument::{Mailbox, ShopActor};
 use crate::inventory::shard_index;
@@ -47,6 +52,8 @@ pub enum LimiterMsg {
         coupon: Uuid,
         reply: RpcReplyPort<Result<i32, CouponError>>,
     },
+    /// End the stranded held uses of this shard's coupons; answers how many were repaired.
+    Reconcile(RpcReplyPort<Result<u32, CouponError>>),
 }
 
 #[derive(Clone)]
@@ -56,6 +63,11 @@ pub struct LimiterArgs {
     pub db: PgPool,
     /// This node's partitions: every write of a coupon's uses proves it still owns them.
     pub fence: Fence,
+    /// How often the shard looks for stranded held uses.
+    pub reconcile_interval: Duration,
+    /// How long a use may be held for an order that does not exist (yet) or is final before it
+    /// is repaired: longer than a checkout can take to write its order.
+    pub orphan_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +142,7 @@ struct Pending {
 
 pub struct LimiterState {
     index: usize,
+    count: usize,
     db: PgPool,
     fence: Fence,
     /// The shard's own connection, holding its advisory lock (see [`store::connect`]); dropped
@@ -139,6 +152,7 @@ pub struct LimiterState {
     pending: Vec<Pending>,
     flush_queued: bool,
     shard_label: String,
+    orphan_grace: Duration,
 }
 
 pub struct CouponLimiterShard;
@@ -207,6 +221,56 @@ impl LimiterState {
         metrics::gauge!("coupon_uses_held", "shard" => self.shard_label.clone()).set(held as f64);
     }
 
+    /// Ends every stranded held use of this shard's coupons (see the module's doc). A use that
+    /// cannot be ended now stays held, and the next pass tries again.
+    async fn reconcile(&mut self) -> Result<u32, CouponError> {
+        self.flush().await;
+        let grace = self.orphan_grace;
+        let found =
+            match store::stranded_uses(self.conn().await.map_err(|e| storage(&e))?, grace).await {
+                Ok(found) => found,
+                Err(error) => {
+                    self.unsure_after(&error);
+                    return Err(storage(&error));
+                }
+            };
+        let mine: Vec<Stranded> = found
+            .into_iter()
+            .filter(|use_| shard_index(use_.coupon_id, self.count) == self.index)
+            .collect();
+        metrics::gauge!("coupon_uses_stranded", "shard" => self.shard_label.clone())
+            .set(mine.len() as f64);
+        let mut repaired = 0;
+        for stranded in mine {
+            let to = match stranded.order_status.as_deref() {
+                None | Some("cancelled") => Settled::Released,
+                Some("paid" | "shipped" | "delivered" | "refunded") => Settled::Committed,
+                Some(other) => {
+                    tracing::error!(shard = self.index, coupon = %stranded.coupon_id, order = %stranded.order_id,
+                        status = other, "a held coupon use's order has an unknown status; left held");
+                    continue;
+                }
+            };
+            // Memory may not know of the use (written by a call whose caller had given up, or
+            // before a crash): read the coupon again, so that the settle sees it.
+            self.coupons.remove(&stranded.coupon_id);
+            match self.settle(stranded.coupon_id, stranded.order_id, to).await {
+                Ok(()) => {
+                    tracing::warn!(shard = self.index, coupon = %stranded.coupon_id, order = %stranded.order_id,
+                        to = to.as_str(), "a stranded coupon use was repaired");
+                    metrics::counter!("coupon_uses_repaired_total", "to" => to.as_str())
+                        .increment(1);
+                    repaired += 1;
+                }
+                Err(error) => {
+                    tracing::error!(shard = self.index, coupon = %stranded.coupon_id, order = %stranded.order_id,
+                        ?error, "repairing a stranded coupon use failed; the next pass tries again");
+                }
+            }
+        }
+        Ok(repaired)
+    }
+
     /// Decides a reservation in memory: `None` when a new use is to be written, else the state of
     /// the use the order already has (written, or `Deciding` in this batch).
     async fn decide(
@@ -242,7 +306,25 @@ impl LimiterState {
         if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
+        let mut batch = std::mem::take(&mut self.pending);
+        // A caller that gave up (its call timed out) has answered its checkout with an error: its
+        // use is not written, and its place under the limits is free again.
+        batch.retain(|pending| {
+            if !pending.reply.is_closed() {
+                return true;
+            }
+            if pending.row
+                && let Some(uses) = self.coupons.get_mut(&pending.coupon)
+            {
+                uses.remove(pending.order);
+            }
+            metrics::counter!("coupon_reservations_abandoned_total").increment(1);
+            false
+        });
+        if batch.is_empty() {
+            self.report();
+            return;
+        }
         let rows: Vec<NewUse> = batch
             .iter()
             .filter(|p| p.row)
@@ -423,7 +505,7 @@ impl ShopActor for CouponLimiterShard {
 
     async fn pre_start(
         &self,
-        _myself: Mailbox<LimiterMsg>,
+        myself: Mailbox<LimiterMsg>,
         args: LimiterArgs,
     ) -> Result<LimiterState, ActorProcessingErr> {
         let mut conn = store::connect(&args.db, &args.fence, args.index).await?;
@@ -435,6 +517,7 @@ impl ShopActor for CouponLimiterShard {
             .collect();
         let mut state = LimiterState {
             index: args.index,
+            count: args.count,
             db: args.db,
             fence: args.fence,
             conn: Some(conn),
@@ -442,11 +525,18 @@ impl ShopActor for CouponLimiterShard {
             pending: Vec::new(),
             flush_queued: false,
             shard_label: args.index.to_string(),
+            orphan_grace: args.orphan_grace,
         };
         for coupon in coupons {
             state.load(coupon).await?;
         }
         state.report();
+        metrics::gauge!("coupon_uses_stranded", "shard" => state.shard_label.clone()).set(0.0);
+        myself.cast_every(args.reconcile_interval, || {
+            // A pass nobody waits for: it repairs, counts and logs.
+            let (reply, _) = ractor::concurrency::oneshot();
+            LimiterMsg::Reconcile(reply.into())
+        });
         Ok(state)
     }
 
@@ -457,6 +547,16 @@ impl ShopActor for CouponLimiterShard {
         state: &mut LimiterState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            LimiterMsg::Reserve {
+                coupon,
+                order,
+                reply,
+                ..
+            } if reply.is_closed() => {
+                // The caller gave up before its turn: nothing is decided for it.
+                metrics::counter!("coupon_reservations_abandoned_total").increment(1);
+                tracing::debug!(shard = state.index, %coupon, %order, "a reservation nobody waits for is dropped");
+            }
             LimiterMsg::Reserve {
                 coupon,
                 order,
@@ -511,6 +611,17 @@ impl ShopActor for CouponLimiterShard {
                     }),
                     Err(error) => Err(error),
                 };
+                let _ = reply.send(answer);
+            }
+            LimiterMsg::Reconcile(reply) => {
+                let answer = state.reconcile().await;
+                if let Err(error) = &answer {
+                    tracing::error!(
+                        shard = state.index,
+                        ?error,
+                        "the coupon reconciliation failed; the next pass tries again"
+                    );
+                }
                 let _ = reply.send(answer);
             }
         }

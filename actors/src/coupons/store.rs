@@ -62,6 +62,33 @@ pub async fn coupons_with_held_uses(conn: &mut PgConnection) -> Result<Vec<Uuid>
         .await
 }
 
+/// A held use that no saga may end: held for longer than the grace period, for an order that does
+/// not exist (`order_status` is `None`) or is no longer pending.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Stranded {
+    pub coupon_id: Uuid,
+    pub order_id: Uuid,
+    pub order_status: Option<String>,
+}
+
+/// Every stranded held use (of every shard: the caller keeps its own).
+pub async fn stranded_uses(
+    conn: &mut PgConnection,
+    grace: std::time::Duration,
+) -> Result<Vec<Stranded>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT r.coupon_id, r.order_id, o.status AS order_status
+         FROM coupon_redemptions r LEFT JOIN orders o ON o.id = r.order_id
+         WHERE r.status = 'held' AND r.updated_at < now() - make_interval(secs => $1)
+           AND o.status IS DISTINCT FROM 'pending'
+         ORDER BY r.updated_at
+         LIMIT 1000",
+    )
+    .bind(grace.as_secs_f64())
+    .fetch_all(conn)
+    .await
+}
+
 /// A use to hold.
 #[derive(Debug, Clone, Copy)]
 pub struct NewUse {
@@ -133,7 +160,7 @@ pub enum Settled {
 }
 
 impl Settled {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Committed => "committed",
             Self::Released => "released",

@@ -302,6 +302,15 @@ impl SagaState {
         if let Some(coupon) = &checkout.coupon
             && let Err(error) = self.reserve_coupon(&checkout, coupon).await
         {
+            // A reservation that timed out or failed in storage may still be written: its use is
+            // released as the stock is. A release that fails too leaves the use to the limiter's
+            // reconciliation (no order will exist for it).
+            if matches!(error, CheckoutError::Unavailable(_))
+                && let Err(release) = self.release_coupon(coupon.coupon_id).await
+            {
+                tracing::error!(order = %checkout.order.id, coupon = %coupon.coupon_id, %release,
+                    "a coupon use may be held for a checkout that failed; the limiter's reconciliation releases it");
+            }
             self.release_stock().await;
             return Err(error);
         }
@@ -332,9 +341,10 @@ impl SagaState {
                 if let Some(coupon) = &checkout.coupon
                     && let Err(release) = self.release_coupon(coupon.coupon_id).await
                 {
-                    // Held for an order that does not exist: the sweep cannot see it. Loud.
+                    // Held for an order that does not exist: the limiter's reconciliation
+                    // releases it after its grace period.
                     tracing::error!(order = %order.id, coupon = %coupon.coupon_id, %release,
-                        "a coupon use is still held for a checkout that failed");
+                        "a coupon use is still held for a checkout that failed; the limiter's reconciliation releases it");
                 }
                 // A concurrent checkout with the same key won: answer with its order.
                 if let Some((key, _)) = &checkout.idempotency
