@@ -295,6 +295,19 @@ impl<K: SupervisorKind> ShopActor for Supervisor<K> {
         Ok(())
     }
 
+    /// A supervisor that is stopped (not killed) stops its children first, last started first,
+    /// each within the stop timeout: ractor would otherwise kill them once the supervisor is gone,
+    /// and a killed child does not run its own `post_stop` (a shard would not write what it has
+    /// decided). Children already stopped (a shutdown, a give-up) are not stopped twice.
+    async fn post_stop(
+        &self,
+        _myself: Mailbox<RootMsg>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stop_children().await;
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         myself: Mailbox<RootMsg>,

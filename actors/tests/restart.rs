@@ -195,3 +195,79 @@ async fn a_child_that_never_comes_back_stops_the_tree_with_a_reason() {
     .await;
     assert!(slot.get().is_err());
 }
+
+/// A child that records whether its `post_stop` ran (a shard writes what it decided there).
+struct Drains {
+    drained: Arc<AtomicUsize>,
+}
+
+impl ShopActor for Drains {
+    const KIND: &'static str = "test_drains";
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: Mailbox<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(&self, _: Mailbox<()>, _: (), _: &mut ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: Mailbox<()>, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        self.drained.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+struct DomainKind;
+impl shop_actors::root::SupervisorKind for DomainKind {
+    const KIND: &'static str = "test_domain_supervisor";
+}
+
+/// A shutdown stops the children of a domain supervisor too, so each runs its `post_stop`: ractor
+/// would kill them when their supervisor stops, and a killed child does not.
+#[tokio::test]
+async fn a_shutdown_stops_the_children_of_domain_supervisors_so_they_drain() {
+    let prefix = format!("drain-{}-", Uuid::new_v4().simple());
+    let drained = Arc::new(AtomicUsize::new(0));
+    let children = (0..3)
+        .map(|i| {
+            let drained = drained.clone();
+            ChildSpec::new(
+                format!("{prefix}child-{i}"),
+                Slot::empty(Drains::KIND),
+                move || {
+                    (
+                        Drains {
+                            drained: drained.clone(),
+                        },
+                        (),
+                    )
+                },
+            )
+        })
+        .collect();
+    let domain = ChildSpec::supervisor::<DomainKind>(
+        format!("{prefix}domain"),
+        Slot::empty("test_domain_supervisor"),
+        children,
+        RestartPolicy::default(),
+        Duration::from_secs(5),
+    );
+    let config = ActorSystemConfig {
+        name_prefix: prefix,
+        restart: RestartPolicy::default(),
+        stop_timeout: Duration::from_secs(5),
+    };
+    let system = ActorSystem::start(&config, vec![domain])
+        .await
+        .expect("the tree starts");
+    system.shutdown().await;
+    assert_eq!(
+        drained.load(Ordering::SeqCst),
+        3,
+        "every child ran its post_stop"
+    );
+}

@@ -9,6 +9,7 @@ use shop_actors::inventory::{Demand, Inventory, InventoryError, shard_index};
 use uuid::Uuid;
 
 use crate::helpers::{Session, TestApp, assert_problem, eventually, metric_value};
+use crate::orders::DEADLINE;
 
 async fn variant(app: &TestApp, admin: &Session, sku: &str, stock: i64) -> Uuid {
     let product = app
@@ -626,4 +627,83 @@ async fn a_refused_write_of_holds_is_undone_and_the_shard_goes_on() {
     let available = inventory(&app).available(&[fine, doomed]).await.unwrap();
     assert_eq!(available[&fine], 1000 - granted);
     assert_eq!(available[&doomed], 10);
+}
+
+/// A batch of holds is being written (its variant's row is locked) when its shard is killed. The
+/// next incarnation waits for that write before it reads the live holds, so it counts the units
+/// the write holds: nothing is granted beyond the stock, memory and PostgreSQL agree, and the
+/// caller whose write landed is told `Ok`.
+#[tokio::test]
+async fn a_restarted_shard_counts_the_holds_its_predecessor_was_still_writing() {
+    let app = TestApp::spawn_with(
+        // The blocked insert is not cut short by the statement timeout while the test runs.
+        |settings| settings.database.statement_timeout_ms = 20_000,
+        |_| Vec::new(),
+    )
+    .await;
+    let admin = app.login_as_admin().await;
+    let item = variant(&app, &admin, "HANDOVER", 10).await;
+    let inventory = inventory(&app).clone();
+    let shard = inventory.shard_of(item);
+    let before = inventory.shard_cell(shard).expect("running");
+    // A hold already written: the next incarnation loads this variant as it starts.
+    inventory
+        .reserve(Uuid::new_v4(), &one(item, 1), TTL)
+        .await
+        .unwrap();
+
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM product_variants WHERE id = $1 FOR UPDATE")
+        .bind(item)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let owner = Uuid::new_v4();
+    let in_flight = tokio::spawn({
+        let inventory = inventory.clone();
+        async move { inventory.reserve(owner, &one(item, 6), TTL).await }
+    });
+    eventually(
+        DEADLINE,
+        "the batch's insert to wait on the row lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+               AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO stock_reservations%'",
+            )
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+    before.kill();
+    // The next incarnation has started reading, or is waiting for the write to land.
+    eventually(DEADLINE, "the shard to be restarting", || async {
+        let restarted = inventory
+            .shard_cell(shard)
+            .is_some_and(|cell| cell.get_id() != before.get_id());
+        (restarted || inventory.successor_waiting(shard)).then_some(())
+    })
+    .await;
+    lock.commit().await.unwrap();
+
+    let told = in_flight.await.unwrap();
+    assert!(
+        told.is_ok(),
+        "the write landed, so its caller is told so: {told:?}"
+    );
+    eventually(DEADLINE, "the shard to be restarted", || async {
+        inventory
+            .shard_cell(shard)
+            .filter(|cell| cell.get_id() != before.get_id())
+    })
+    .await;
+    // 1 + 6 of 10 are held: 3 are left, and no more.
+    let demand = one(item, 1);
+    let results = join_all((0..10).map(|_| inventory.reserve(Uuid::new_v4(), &demand, TTL))).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+    assert_eq!(ledger(&app, item).await, (10, 10, 0));
+    assert_eq!(inventory.reconcile().await.unwrap(), 0);
 }

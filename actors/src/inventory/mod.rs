@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::instrument::{ActorError, Slot};
 use crate::partition::Fence;
 use crate::root::{ChildSpec, RestartPolicy, SupervisorKind};
-pub use shard::{InventoryShard, ShardArgs, ShardMsg};
+pub use shard::{Handover, InventoryShard, ShardArgs, ShardMsg};
 
 /// One line of demand: so many units of a variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,8 @@ pub struct InventoryConfig {
 #[derive(Clone)]
 pub struct Inventory {
     shards: Vec<Slot<ShardMsg>>,
+    /// Per shard, what its incarnations share (see [`Handover`]).
+    handovers: Vec<Arc<Handover>>,
     db: PgPool,
     timeout: Duration,
     /// Variants known not to be bundles. A product's type never changes and a variant never
@@ -166,8 +168,11 @@ impl Inventory {
         let count = config.shards.max(1);
         let mut shards = Vec::with_capacity(count);
         let mut specs = Vec::with_capacity(count);
+        let mut handovers = Vec::with_capacity(count);
         for index in 0..count {
             let slot = Slot::empty(InventoryShard::KIND_NAME);
+            let handover = Arc::<Handover>::default();
+            handovers.push(handover.clone());
             let args = ShardArgs {
                 index,
                 count,
@@ -175,6 +180,7 @@ impl Inventory {
                 fence: config.fence.clone(),
                 expiry_interval: config.expiry_interval,
                 reconcile_interval: config.reconcile_interval,
+                handover,
             };
             specs.push(ChildSpec::new(
                 format!("{prefix}inventory-shard-{index}"),
@@ -193,6 +199,7 @@ impl Inventory {
         (
             Self {
                 shards,
+                handovers,
                 db,
                 timeout: config.call_timeout,
                 plain: Arc::default(),
@@ -216,6 +223,13 @@ impl Inventory {
             .get()
             .ok()
             .map(|mailbox| mailbox.cell())
+    }
+
+    /// True while a restarted shard `index` waits for its predecessor's writes to land (tests).
+    pub fn successor_waiting(&self, index: usize) -> bool {
+        self.handovers
+            .get(index)
+            .is_some_and(|handover| handover.successor_waiting())
     }
 
     /// Bundles become the demand of their components; demand for the same variant is summed.

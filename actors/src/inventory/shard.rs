@@ -6,8 +6,16 @@
 //! once it is committed. Up to [`WRITES_IN_FLIGHT`] batches are written at once while the shard
 //! goes on deciding; anything else that touches holds in PostgreSQL (commit, release, expiry,
 //! stock edits, reconciliation) first waits for every batch being written.
+//!
+//! A batch's write outlives the shard that started it (a killed or panicked shard's task goes on,
+//! and answers its callers once the write commits). Each write holds its shard's [`Handover`]
+//! shared, and the next incarnation of the shard takes it exclusively before it reads the live
+//! holds: it starts from what its predecessor wrote, not from a snapshot taken while those writes
+//! were still landing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -65,6 +73,34 @@ pub enum ShardMsg {
     Reconcile(RpcReplyPort<Result<u32, InventoryError>>),
 }
 
+/// What one shard's incarnations share: the writes still landing, and whether a new incarnation is
+/// waiting for them.
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// Held shared by every batch write in flight; taken exclusively by a starting shard.
+    writes: Arc<tokio::sync::RwLock<()>>,
+    waiting: AtomicBool,
+}
+
+impl Handover {
+    /// True while a starting shard waits for its predecessor's writes.
+    pub fn successor_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Waits until no write of an earlier incarnation can still land.
+    async fn drained(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        if let Ok(guard) = self.writes.try_write() {
+            return guard;
+        }
+        self.waiting.store(true, Ordering::Release);
+        tracing::info!("waiting for the previous incarnation's writes to land before rebuilding");
+        let guard = self.writes.write().await;
+        self.waiting.store(false, Ordering::Release);
+        guard
+    }
+}
+
 #[derive(Clone)]
 pub struct ShardArgs {
     pub index: usize,
@@ -74,6 +110,8 @@ pub struct ShardArgs {
     pub fence: Fence,
     pub expiry_interval: Duration,
     pub reconcile_interval: Duration,
+    /// Shared by every incarnation of this shard.
+    pub handover: Arc<Handover>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -117,6 +155,7 @@ pub struct ShardState {
     pending: Vec<Pending>,
     flush_queued: bool,
     writing: VecDeque<Write>,
+    handover: Arc<Handover>,
     shard_label: String,
     /// Owners whose last commit or release failed with an unknown outcome: their holds are read
     /// back from PostgreSQL before anything else is decided about them.
@@ -184,7 +223,12 @@ impl ShardState {
             .map(|p| (p.owner, p.lines.iter().map(|l| l.variant_id).collect()))
             .collect();
         let (db, fence, myself) = (self.db.clone(), self.fence.clone(), myself.clone());
+        // Taken here, not in the task: a successor must not slip in between the spawn and the
+        // task's first poll. Only a starting incarnation ever takes it exclusively, so this
+        // does not wait.
+        let landing = self.handover.writes.clone().read_owned().await;
         let task = tokio::spawn(async move {
+            let _landing = landing;
             match store::insert_holds(&db, &fence, &rows).await {
                 Ok(()) => {
                     for pending in batch {
@@ -271,7 +315,7 @@ impl ShardState {
         }
     }
 
-    async fn reserve(&mut self, owner: Uuid, lines: &[Demand]) -> Result<(), InventoryError> {
+    async fn reserve(&mut self, lines: &[Demand]) -> Result<(), InventoryError> {
         let ids: Vec<Uuid> = lines.iter().map(|l| l.variant_id).collect();
         self.load(&ids).await?;
         let short: Vec<Shortage> = lines
@@ -293,7 +337,6 @@ impl ShardState {
         if !short.is_empty() {
             return Err(InventoryError::Short(short));
         }
-        let _ = owner;
         for line in lines {
             if let Some(stock) = self.stock.get_mut(&line.variant_id) {
                 stock.held += line.quantity;
@@ -522,9 +565,12 @@ impl ShopActor for InventoryShard {
             pending: Vec::new(),
             flush_queued: false,
             writing: VecDeque::new(),
+            handover: args.handover.clone(),
             shard_label: args.index.to_string(),
         };
-        // Rebuild: every live hold of this shard's variants, and those variants' stock.
+        // Rebuild: every live hold of this shard's variants, and those variants' stock, once the
+        // writes an earlier incarnation started have landed (or failed).
+        let drained = args.handover.drained().await;
         let holds: Vec<HoldRow> = store::live_holds(&state.db)
             .await?
             .into_iter()
@@ -532,6 +578,7 @@ impl ShopActor for InventoryShard {
             .collect();
         let variants: Vec<Uuid> = holds.iter().map(|h| h.variant_id).collect();
         state.load(&variants).await?;
+        drop(drained);
         for hold in holds {
             state.holds.entry(hold.owner_id).or_default().push((
                 hold.variant_id,
@@ -578,7 +625,7 @@ impl ShopActor for InventoryShard {
                 lines,
                 expires_at,
                 reply,
-            } => match state.reserve(owner, &lines).await {
+            } => match state.reserve(&lines).await {
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
