@@ -791,3 +791,67 @@ async fn the_limiter_ends_stranded_uses_and_shop_reconcile_names_them() {
     let late = customer_with_cart(&app, &mug, 1).await;
     refused(apply(&app, &late, "STRANDED").await, "usage_limit_reached").await;
 }
+
+/// A free order whose settlement fails after its stock and coupon use are committed (marking it
+/// paid is refused for a while): its saga retries, a saga resumed after a crash retries too, and
+/// the order ends paid with its units and its use committed once, not cancelled at its deadline.
+#[tokio::test]
+async fn a_free_order_that_could_not_be_settled_is_settled_later_even_after_a_crash() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as_admin().await;
+    let mug = variant(&app, &admin, "LATE-FREE", 1200, 5).await;
+    let gift_card = coupon(&app, &admin, limited_coupon("FREELATER", "fixed", 5000, 5)).await;
+    let coupon_id = id_of(&gift_card);
+    let customer = customer_with_coupon(&app, &mug, 2, "FREELATER").await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_refuse_paid() RETURNS trigger AS $$
+         BEGIN
+             IF NEW.status = 'paid' THEN RAISE EXCEPTION 'test: marking paid is refused'; END IF;
+             RETURN NEW;
+         END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER test_refuse_paid BEFORE UPDATE ON orders
+             FOR EACH ROW EXECUTE FUNCTION test_refuse_paid();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let placed = checkout(&app, &customer).await;
+    assert_eq!(placed.status(), 201);
+    let order: Value = placed.json().await.unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    assert_eq!(order["total"], 0);
+    // Units and use committed, the order still pending: what a crash before `paid` leaves.
+    let variant_id = Uuid::parse_str(&mug).unwrap();
+    assert_eq!(app.stock_ledger(variant_id).await, (3, 0, 2));
+    eventually(DEADLINE, "the saga to try again", || async {
+        let text = app.metrics().await;
+        crate::helpers::metric_value(&text, "order_free_settle_retries_total").filter(|n| *n >= 1.0)
+    })
+    .await;
+    assert_eq!(
+        crate::orders::order(&app, &customer, &id).await["status"],
+        "pending"
+    );
+    // The saga dies; the supervisor's sweep resumes one, which settles the order once it can.
+    let saga_name = format!("{}order-{id}", app.settings.actors.name_prefix);
+    shop_actors::ractor::registry::where_is(saga_name)
+        .expect("the saga runs")
+        .kill();
+    sqlx::raw_sql("DROP TRIGGER test_refuse_paid ON orders")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let paid = wait_status(&app, &customer, &id, "paid").await;
+    assert_eq!(paid["total"], 0);
+    assert_eq!(app.stock_ledger(variant_id).await, (3, 0, 2));
+    let uses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM coupon_redemptions WHERE coupon_id = $1")
+            .bind(coupon_id)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(uses, ["committed"]);
+    assert_eq!(app.state.actors.inventory.reconcile().await.unwrap(), 0);
+}

@@ -112,6 +112,9 @@ pub enum SagaMsg {
     },
     /// The reservation deadline has come (or a cancel at it is tried again).
     Expire,
+    /// Settle a free order (total 0) that is still pending: at its checkout's first failure to
+    /// settle, and when a saga is resumed for one. `attempt` sets the wait before the next try.
+    SettleFree { attempt: u32 },
 }
 
 #[derive(Clone)]
@@ -158,6 +161,9 @@ const COMMIT_BUDGET: Duration = Duration::from_secs(15);
 /// How soon an expiry whose cancel could not be decided (the provider did not answer) is tried
 /// again.
 const EXPIRY_RETRY: Duration = Duration::from_secs(5);
+/// The first and the longest wait before a free order's settlement is tried again.
+const FREE_RETRY_FIRST: Duration = Duration::from_millis(500);
+const FREE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// A payment the provider reports as taken: from an event, or read back from the intent when a
 /// cancel found it had succeeded.
@@ -332,7 +338,9 @@ impl SagaState {
                 if order.subtotal - order.discount_total == 0
                     && let Err(error) = self.settle_free_order().await
                 {
-                    tracing::warn!(order = %id, %error, "a free order is not settled yet");
+                    // Nobody pays a free order: this saga settles it, until it is settled.
+                    tracing::warn!(order = %id, %error, "a free order is not settled yet; retrying");
+                    self.settle_free_in(1);
                 }
                 Ok(id)
             }
@@ -452,6 +460,35 @@ impl SagaState {
             event_id: None,
         };
         self.on_taken(&order, &nothing).await
+    }
+
+    /// Tries to settle the free order again after the backoff of `attempt`.
+    fn settle_free_in(&self, attempt: u32) {
+        let wait = FREE_RETRY_FIRST
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(FREE_RETRY_MAX);
+        let myself = self.myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if myself.cast(SagaMsg::SettleFree { attempt }).is_err() {
+                tracing::debug!("the saga has stopped; a resumed one settles the free order");
+            }
+        });
+    }
+
+    /// Settles the order if it is free and still pending; on failure, tries again later.
+    async fn retry_free(&self, attempt: u32) -> Result<(), SagaError> {
+        self.remember(None);
+        let order = self.order().await?;
+        if order.status != OrderStatus::Pending || order.total != 0 {
+            return Ok(());
+        }
+        metrics::counter!("order_free_settle_retries_total").increment(1);
+        if let Err(error) = self.settle_free_order().await {
+            tracing::warn!(order = %self.order_id, attempt, %error, "a free order is not settled yet; retrying");
+            self.settle_free_in(attempt.saturating_add(1));
+        }
+        Ok(())
     }
 
     /// An intent whose order was never written: nobody has its client secret, so it cannot be
@@ -840,6 +877,11 @@ impl ShopActor for OrderSaga {
             && order.status == OrderStatus::Pending
         {
             state.schedule_expiry(order.expires_at);
+            // A free order waits for nobody: a saga resumed for one (its checkout's saga failed
+            // or crashed before it was paid) settles it.
+            if order.total == 0 {
+                state.myself.cast(SagaMsg::SettleFree { attempt: 0 })?;
+            }
         }
         Ok(state)
     }
@@ -888,6 +930,7 @@ impl ShopActor for OrderSaga {
                 let _ = reply.send(answer);
             }
             SagaMsg::Expire => state.expire().await?,
+            SagaMsg::SettleFree { attempt } => state.retry_free(attempt).await?,
         }
         state.stop_if_settled().await?;
         Ok(())
