@@ -32,6 +32,12 @@ const CUSTOMERS: usize = 200;
 const VARIANTS: usize = 8;
 const STOCK: i64 = 30;
 const TTL_SECS: u64 = 6;
+/// A coupon fewer customers may use than try to: its limit is reached mid-run.
+const COUPON: &str = "CHAOS10";
+const COUPON_LIMIT: i64 = 30;
+/// The shortest grace the settings allow (the test profile's checkout call and statement
+/// timeouts), so that a use stranded by the kill -9 is repaired within the settling wait.
+const COUPON_GRACE_SECS: u64 = 36;
 const SECRET_KEY: &str = "sk_test_shop_chaos";
 const WEBHOOK_SECRET: &str = "whsec_shop_chaos";
 const ADMIN_EMAIL: &str = "chaos-admin@example.com";
@@ -52,6 +58,10 @@ fn start_shop(
         ("SHOP__STRIPE__WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
         ("SHOP__STRIPE__API_BASE", stripe.to_owned()),
         ("SHOP__CHECKOUT__RESERVATION_TTL_SECS", TTL_SECS.to_string()),
+        (
+            "SHOP__CHECKOUT__COUPON_ORPHAN_GRACE_SECS",
+            COUPON_GRACE_SECS.to_string(),
+        ),
         ("SHOP__EMAIL__BACKEND", "file".to_owned()),
         ("SHOP__EMAIL__FILE_DIR", emails.display().to_string()),
         ("SHOP__BOOTSTRAP__ADMIN_EMAIL", ADMIN_EMAIL.to_owned()),
@@ -188,6 +198,23 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
         variants.push(product["variants"][0]["id"].as_str().unwrap().to_owned());
     }
 
+    let (status, coupon) = call(
+        &client,
+        &base,
+        reqwest::Method::POST,
+        "/api/v1/admin/coupons",
+        Some(&admin),
+        Some(
+            &json!({"code": COUPON, "kind": "percent", "value": 10, "scope": "order",
+                     "usage_limit": COUPON_LIMIT, "active": true}),
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{coupon}");
+    let coupon_id = Uuid::parse_str(coupon["id"].as_str().unwrap()).unwrap();
+
     // The customers, all at once.
     let checkouts_done = Arc::new(AtomicUsize::new(0));
     let customers = (0..CUSTOMERS).map(|n| {
@@ -239,6 +266,16 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
                     "/api/v1/cart/items",
                     Some(&token),
                     json!({"variant_id": variant, "quantity": quantity}),
+                    None,
+                )
+                .await;
+            }
+            // A share of them try the coupon; once its limit is reached it is refused.
+            if rng.random_bool(0.4) {
+                post(
+                    "/api/v1/cart/coupon",
+                    Some(&token),
+                    json!({"code": COUPON}),
                     None,
                 )
                 .await;
@@ -386,7 +423,11 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
         )
         .await;
         let undelivered = stripe.pending_events().len();
+        // A use the kill -9 stranded is repaired once its grace is over.
+        let held_uses =
+            scalar("SELECT count(*) FROM coupon_redemptions WHERE status = 'held'").await;
         (pending == 0
+            && held_uses == 0
             && unprocessed == 0
             && owed == 0
             && unpublished == 0
@@ -436,6 +477,72 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
     println!(
         "chaos: {taken} payments taken; {paid} orders paid, {cancelled} cancelled, {refunds} refunded"
     );
+
+    // Every refund row says what the provider last said of its refund.
+    let provider_status: HashMap<String, String> = stripe
+        .events()
+        .iter()
+        .filter(|event| {
+            event.event_type.starts_with("refund.") || event.event_type == "charge.refund.updated"
+        })
+        .filter_map(|event| {
+            let object = event.json()["data"]["object"].clone();
+            Some((
+                object["id"].as_str()?.to_owned(),
+                object["status"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let recorded: Vec<(Option<String>, String)> =
+        sqlx::query_as("SELECT provider_refund_id, status FROM refunds")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    for (provider_id, status) in &recorded {
+        if status == "already_refunded" {
+            continue;
+        }
+        let provider_id = provider_id
+            .as_deref()
+            .expect("a settled refund has its provider id");
+        assert_eq!(
+            provider_status.get(provider_id).map(String::as_str),
+            Some(status.as_str()),
+            "refund {provider_id}"
+        );
+    }
+
+    // Coupon uses: none held (nothing is pending), committed = paid orders with the coupon, and
+    // never more than the limit.
+    let committed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM coupon_redemptions WHERE coupon_id = $1 AND status = 'committed'",
+    )
+    .bind(coupon_id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let paid_with_coupon: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE coupon_id = $1 AND status = 'paid'")
+            .bind(coupon_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let with_coupon: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE coupon_id = $1")
+        .bind(coupon_id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    println!("chaos: {with_coupon} orders with the coupon, {committed} uses committed");
+    assert_eq!(
+        committed, paid_with_coupon,
+        "committed uses = paid orders with the coupon"
+    );
+    assert!(
+        committed <= COUPON_LIMIT,
+        "{committed} uses of a coupon limited to {COUPON_LIMIT}"
+    );
+    let (code, stdout, stderr) = crate::cli::run_shop(&database, &["reconcile"]).await;
+    assert_eq!(code, 0, "shop reconcile after the chaos:\n{stdout}{stderr}");
 
     // No order paid twice.
     let twice = scalar(
