@@ -371,11 +371,7 @@ pub fn reconciliation_table(reconciliation: &Reconciliation) -> String {
                 v.on_hand.to_string(),
                 v.held.to_string(),
                 v.sold.to_string(),
-                if v.problems.is_empty() {
-                    "ok".to_owned()
-                } else {
-                    format!("MISMATCH: {}", v.problems.join("; "))
-                },
+                check_cell(&v.problems),
             ]
         })
         .collect();
@@ -383,6 +379,15 @@ pub fn reconciliation_table(reconciliation: &Reconciliation) -> String {
         &["SKU", "VARIANT", "ON HAND", "HELD", "SOLD", "CHECK"],
         &rows,
     )
+}
+
+/// The CHECK column of the reconciliation tables: `ok`, or what does not add up.
+fn check_cell(problems: &[String]) -> String {
+    if problems.is_empty() {
+        "ok".to_owned()
+    } else {
+        format!("MISMATCH: {}", problems.join("; "))
+    }
 }
 
 pub fn coupon_table(coupons: &[CouponUses]) -> String {
@@ -394,11 +399,7 @@ pub fn coupon_table(coupons: &[CouponUses]) -> String {
                 c.coupon_id.to_string(),
                 c.held.to_string(),
                 c.committed.to_string(),
-                if c.problems.is_empty() {
-                    "ok".to_owned()
-                } else {
-                    format!("MISMATCH: {}", c.problems.join("; "))
-                },
+                check_cell(&c.problems),
             ]
         })
         .collect();

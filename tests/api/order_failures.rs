@@ -12,18 +12,9 @@ use uuid::Uuid;
 
 use crate::helpers::{Session, TestApp, assert_problem, eventually, metric_value};
 use crate::orders::{
-    DEADLINE, WEBHOOK, WEBHOOK_SECRET, checkout, fill_cart, order, stock, stripe_app, variant,
+    DEADLINE, WEBHOOK, WEBHOOK_SECRET, checkout, fill_cart, order, pay, stock, stripe_app, variant,
     wait_status,
 };
-
-async fn pay(app: &TestApp, who: &Session, id: &str) -> reqwest::Response {
-    app.post_json_as(
-        &who.access_token,
-        &format!("/api/v1/orders/{id}/pay"),
-        &json!({"payment_method": "pm_card_visa"}),
-    )
-    .await
-}
 
 /// A customer's pending order of `quantity` units of a fresh variant.
 struct Ordered {

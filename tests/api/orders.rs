@@ -87,6 +87,16 @@ pub(crate) async fn order(app: &TestApp, who: &Session, id: &str) -> Value {
         .unwrap()
 }
 
+/// Pays order `id` with a card that succeeds.
+pub(crate) async fn pay(app: &TestApp, who: &Session, id: &str) -> reqwest::Response {
+    app.post_json_as(
+        &who.access_token,
+        &format!("/api/v1/orders/{id}/pay"),
+        &json!({"payment_method": "pm_card_visa"}),
+    )
+    .await
+}
+
 pub(crate) async fn wait_status(app: &TestApp, who: &Session, id: &str, status: &str) -> Value {
     eventually(DEADLINE, &format!("order {id} to be {status}"), || async {
         let body = order(app, who, id).await;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{Session, TestApp, assert_problem, eventually};
-use crate::orders::{DEADLINE, checkout, fill_cart, stripe_app, variant, wait_status};
+use crate::orders::{DEADLINE, checkout, fill_cart, pay, stripe_app, variant, wait_status};
 
 async fn coupon(app: &TestApp, admin: &Session, body: Value) -> Value {
     app.created(&admin.access_token, "/api/v1/admin/coupons", &body)
@@ -687,14 +687,7 @@ async fn the_limiter_ends_stranded_uses_and_shop_reconcile_names_them() {
     let buyer = customer_with_coupon(&app, &mug, 1, "STRANDED").await;
     let paid: Value = checkout(&app, &buyer).await.json().await.unwrap();
     let paid_id = paid["id"].as_str().unwrap();
-    let response = app
-        .post_json_as(
-            &buyer.access_token,
-            &format!("/api/v1/orders/{paid_id}/pay"),
-            &json!({"payment_method": "pm_card_visa"}),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
+    assert_eq!(pay(&app, &buyer, paid_id).await.status(), 200);
     wait_status(&app, &buyer, paid_id, "paid").await;
     let (code, stdout, stderr) = run_shop(&app.database, &["reconcile"]).await;
     assert_eq!(code, 0, "{stdout}{stderr}");

@@ -192,14 +192,6 @@ impl CouponLimiter {
         .await
     }
 
-    /// Runs shard `index`'s reconciliation now; answers the stranded uses it repaired (tests).
-    pub async fn reconcile_shard(&self, index: usize) -> Result<u32, CouponError> {
-        self.shards[index]
-            .get()?
-            .call(LimiterMsg::Reconcile, self.timeout)
-            .await?
-    }
-
     /// Held plus committed uses of `coupon` (tests and the admin).
     pub async fn used(&self, coupon: Uuid) -> Result<i32, CouponError> {
         self.ask(coupon, |reply| LimiterMsg::Used { coupon, reply })

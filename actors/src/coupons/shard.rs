@@ -25,6 +25,7 @@ use super::store::{self, NewUse, Settled, Stranded};
 use super::{CouponError, Limits};
 use crate::instrument::{Mailbox, ShopActor};
 use crate::inventory::shard_index;
+use crate::orders::OrderStatus;
 use crate::partition::{Fence, is_not_owner};
 
 pub enum LimiterMsg {
@@ -52,8 +53,8 @@ pub enum LimiterMsg {
         coupon: Uuid,
         reply: RpcReplyPort<Result<i32, CouponError>>,
     },
-    /// End the stranded held uses of this shard's coupons; answers how many were repaired.
-    Reconcile(RpcReplyPort<Result<u32, CouponError>>),
+    /// End the stranded held uses of this shard's coupons (the shard's own timer).
+    Reconcile,
 }
 
 #[derive(Clone)]
@@ -223,7 +224,7 @@ impl LimiterState {
 
     /// Ends every stranded held use of this shard's coupons (see the module's doc). A use that
     /// cannot be ended now stays held, and the next pass tries again.
-    async fn reconcile(&mut self) -> Result<u32, CouponError> {
+    async fn reconcile(&mut self) -> Result<(), CouponError> {
         self.flush().await;
         let grace = self.orphan_grace;
         let found =
@@ -240,27 +241,35 @@ impl LimiterState {
             .collect();
         metrics::gauge!("coupon_uses_stranded", "shard" => self.shard_label.clone())
             .set(mine.len() as f64);
-        let mut repaired = 0;
+        // Memory may not know of these uses (written by a call whose caller had given up, or
+        // before a crash): their coupons are read again, so that the settles see them.
+        for stranded in &mine {
+            self.coupons.remove(&stranded.coupon_id);
+        }
         for stranded in mine {
-            let to = match stranded.order_status.as_deref() {
-                None | Some("cancelled") => Settled::Released,
-                Some("paid" | "shipped" | "delivered" | "refunded") => Settled::Committed,
-                Some(other) => {
+            let status = stranded.order_status.as_deref().map(OrderStatus::parse);
+            let to = match status {
+                None | Some(Ok(OrderStatus::Cancelled)) => Settled::Released,
+                Some(Ok(
+                    OrderStatus::Paid
+                    | OrderStatus::Shipped
+                    | OrderStatus::Delivered
+                    | OrderStatus::Refunded,
+                )) => Settled::Committed,
+                // Not stranded (the query leaves pending orders out), but never guessed at.
+                Some(Ok(OrderStatus::Pending)) => continue,
+                Some(Err(unknown)) => {
                     tracing::error!(shard = self.index, coupon = %stranded.coupon_id, order = %stranded.order_id,
-                        status = other, "a held coupon use's order has an unknown status; left held");
+                        %unknown, "a held coupon use's order has an unknown status; left held");
                     continue;
                 }
             };
-            // Memory may not know of the use (written by a call whose caller had given up, or
-            // before a crash): read the coupon again, so that the settle sees it.
-            self.coupons.remove(&stranded.coupon_id);
             match self.settle(stranded.coupon_id, stranded.order_id, to).await {
                 Ok(()) => {
                     tracing::warn!(shard = self.index, coupon = %stranded.coupon_id, order = %stranded.order_id,
                         to = to.as_str(), "a stranded coupon use was repaired");
                     metrics::counter!("coupon_uses_repaired_total", "to" => to.as_str())
                         .increment(1);
-                    repaired += 1;
                 }
                 Err(error) => {
                     tracing::error!(shard = self.index, coupon = %stranded.coupon_id, order = %stranded.order_id,
@@ -268,7 +277,7 @@ impl LimiterState {
                 }
             }
         }
-        Ok(repaired)
+        Ok(())
     }
 
     /// Decides a reservation in memory: `None` when a new use is to be written, else the state of
@@ -532,11 +541,7 @@ impl ShopActor for CouponLimiterShard {
         }
         state.report();
         metrics::gauge!("coupon_uses_stranded", "shard" => state.shard_label.clone()).set(0.0);
-        myself.cast_every(args.reconcile_interval, || {
-            // A pass nobody waits for: it repairs, counts and logs.
-            let (reply, _) = ractor::concurrency::oneshot();
-            LimiterMsg::Reconcile(reply.into())
-        });
+        myself.cast_every(args.reconcile_interval, || LimiterMsg::Reconcile);
         Ok(state)
     }
 
@@ -613,16 +618,14 @@ impl ShopActor for CouponLimiterShard {
                 };
                 let _ = reply.send(answer);
             }
-            LimiterMsg::Reconcile(reply) => {
-                let answer = state.reconcile().await;
-                if let Err(error) = &answer {
+            LimiterMsg::Reconcile => {
+                if let Err(error) = state.reconcile().await {
                     tracing::error!(
                         shard = state.index,
                         ?error,
                         "the coupon reconciliation failed; the next pass tries again"
                     );
                 }
-                let _ = reply.send(answer);
             }
         }
         Ok(())
