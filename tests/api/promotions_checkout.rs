@@ -617,7 +617,27 @@ async fn a_reservation_that_outlives_its_checkout_gives_the_use_back() {
         .execute(&mut *lock)
         .await
         .unwrap();
-    let (one, two) = tokio::join!(checkout(&app, &first), checkout(&app, &second));
+    // The second reservation comes only once the first one's insert waits on the lock: it is
+    // queued behind that batch, not written in it.
+    let second_checkout = async {
+        eventually(
+            DEADLINE,
+            "the first use's insert to wait on the lock",
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO coupon_redemptions%'",
+                )
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+                (waiting == 1).then_some(())
+            },
+        )
+        .await;
+        checkout(&app, &second).await
+    };
+    let (one, two) = tokio::join!(checkout(&app, &first), second_checkout);
     assert_problem(one, 503).await;
     assert_problem(two, 503).await;
     // The insert that was waiting on the lock now commits, for a checkout that failed.
