@@ -272,6 +272,8 @@ pub struct OwedRefund {
     pub order_number: String,
     pub amount: i64,
     pub currency: String,
+    /// `owed` (to be asked for) or `pending` (taken, not settled by the provider yet).
+    pub status: String,
     pub reason: String,
     pub attempts: i32,
     pub owed_since: chrono::DateTime<chrono::Utc>,
@@ -279,13 +281,14 @@ pub struct OwedRefund {
     pub last_error: Option<String>,
 }
 
-/// Refunds with status `owed`, oldest first.
+/// Refunds not confirmed by the provider (`owed`, or taken and `pending`), oldest first.
 pub async fn owed_refunds(db: &PgPool) -> Result<Vec<OwedRefund>, sqlx::Error> {
     type Row = (
         Uuid,
         Uuid,
         String,
         i64,
+        String,
         String,
         String,
         i32,
@@ -295,10 +298,10 @@ pub async fn owed_refunds(db: &PgPool) -> Result<Vec<OwedRefund>, sqlx::Error> {
     );
     let rows: Vec<Row> = sqlx::query_as(
         r#"
-        SELECT r.id, r.order_id, o.number, r.amount, r.currency, r.reason, r.attempts,
+        SELECT r.id, r.order_id, o.number, r.amount, r.currency, r.status, r.reason, r.attempts,
                r.created_at, r.next_attempt_at, r.last_error
         FROM refunds r JOIN orders o ON o.id = r.order_id
-        WHERE r.status = 'owed'
+        WHERE r.status IN ('owed', 'pending')
         ORDER BY r.created_at, r.id
         "#,
     )
@@ -313,6 +316,7 @@ pub async fn owed_refunds(db: &PgPool) -> Result<Vec<OwedRefund>, sqlx::Error> {
                 order_number,
                 amount,
                 currency,
+                status,
                 reason,
                 attempts,
                 owed_since,
@@ -324,6 +328,7 @@ pub async fn owed_refunds(db: &PgPool) -> Result<Vec<OwedRefund>, sqlx::Error> {
                 order_number,
                 amount,
                 currency,
+                status,
                 reason,
                 attempts,
                 owed_since,
@@ -440,6 +445,7 @@ pub fn refunds_table(refunds: &[OwedRefund]) -> String {
                 r.order_number.clone(),
                 r.order_id.to_string(),
                 format_money(r.amount, &r.currency),
+                r.status.clone(),
                 r.reason.clone(),
                 r.attempts.to_string(),
                 r.owed_since.format("%Y-%m-%d %H:%M:%SZ").to_string(),
@@ -453,6 +459,7 @@ pub fn refunds_table(refunds: &[OwedRefund]) -> String {
             "ORDER",
             "ORDER ID",
             "AMOUNT",
+            "STATUS",
             "REASON",
             "ATTEMPTS",
             "OWED SINCE",

@@ -150,6 +150,16 @@ impl IdempotencyKey {
         Self(format!("order:{order_id}:refund:{refund}"))
     }
 
+    /// The key of try `failed_tries` of the `n`-th refund: [`refund`](Self::refund) for the
+    /// first, `order:{id}:refund:{n}:retry:{tries}` once the provider's refunds of the earlier
+    /// tries failed (the provider answers a repeated key with the refund that failed).
+    pub fn refund_try(order_id: Uuid, refund: u32, failed_tries: u32) -> Self {
+        match failed_tries {
+            0 => Self::refund(order_id, refund),
+            tries => Self(format!("order:{order_id}:refund:{refund}:retry:{tries}")),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

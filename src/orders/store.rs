@@ -297,8 +297,18 @@ pub async fn record_refunded(
     order: Uuid,
     at_least: i64,
 ) -> Result<(), TransitionError> {
+    // The provider's running total (`at_least`) may still count a refund of ours whose provider
+    // refund has failed since (its events race this one): that amount is owed again, not back.
+    // The order row is locked first, so the refunds read below are those committed by whoever
+    // held it (a statement that waits for the row lock keeps its older snapshot in subqueries).
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order)
+        .execute(&mut *tx)
+        .await?;
     let row: Option<(String, i64, i64)> = sqlx::query_as(
-        "UPDATE orders SET refunded_amount = GREATEST(refunded_amount, $2,
+        "UPDATE orders SET refunded_amount = GREATEST(refunded_amount,
+                $2 - (SELECT coalesce(sum(amount), 0)::bigint FROM refunds
+                      WHERE order_id = $1 AND status IN ('owed', 'pending') AND failed_tries > 0),
                 (SELECT coalesce(sum(amount), 0)::bigint FROM refunds
                  WHERE order_id = $1 AND status = 'succeeded'))
          WHERE id = $1 RETURNING status, refunded_amount, total",

@@ -5,7 +5,9 @@
 //!
 //! Routed types: `payment_intent.succeeded`, `payment_intent.payment_failed`,
 //! `payment_intent.canceled` and `charge.refunded` (mapped back to its PaymentIntent). Any other
-//! type is stored, marked processed at once and not forwarded.
+//! type is stored, marked processed at once and not forwarded; an event about a refund
+//! (`refund.*`, `charge.refund.updated`) also moves its refund row to the provider's status in
+//! that transaction ([`super::refunds`]).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -225,6 +227,13 @@ pub(crate) async fn store(
         return Ok(false);
     }
     metrics::counter!("payment_events_total", "type" => event.event_type.clone()).increment(1);
+    // `refund.*` and `charge.refund.updated`: the refund row takes the provider's status in the
+    // transaction that stores the event.
+    if let Some(object) = event.payload.pointer("/data/object")
+        && object.get("object").and_then(Value::as_str) == Some("refund")
+    {
+        super::refunds::observe(&mut *tx, object).await?;
+    }
     if let (Some(routed), Some(outcome)) = (&routed, &event.outcome) {
         let row = NewTransaction {
             order_id: routed.order_id,

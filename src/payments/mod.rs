@@ -50,8 +50,9 @@ pub struct Refund {
     /// Minor units refunded by this refund.
     pub amount: i64,
     pub currency: String,
-    /// `succeeded`, `pending`, `failed`...
-    pub status: String,
+    /// `succeeded`, `pending`, `failed`... as the provider spelled it; read with
+    /// [`refunds::ProviderStatus::parse`].
+    pub status: Option<String>,
     pub raw: serde_json::Value,
 }
 
@@ -186,12 +187,14 @@ impl PaymentProvider {
         }
     }
 
-    /// Refunds `amount` (minor units) of a succeeded intent, or all that is left when `None`. The
-    /// `refund` transaction is recorded when the `charge.refunded` event arrives.
+    /// Refunds `amount` (minor units) of a succeeded intent, or all that is left when `None`,
+    /// with `metadata` on the refund (its events carry it back). The `refund` transaction is
+    /// recorded when the `charge.refunded` event arrives.
     pub async fn refund(
         &self,
         intent_id: &str,
         amount: Option<i64>,
+        metadata: BTreeMap<String, String>,
         key: &IdempotencyKey,
     ) -> Result<Refund, PaymentError> {
         if let Some(amount) = amount
@@ -202,8 +205,8 @@ impl PaymentProvider {
             )));
         }
         match self {
-            Self::Stripe(stripe) => stripe.refund(intent_id, amount, key).await,
-            Self::Simulated(simulated) => simulated.refund(intent_id, amount, key).await,
+            Self::Stripe(stripe) => stripe.refund(intent_id, amount, metadata, key).await,
+            Self::Simulated(simulated) => simulated.refund(intent_id, amount, metadata, key).await,
         }
     }
 

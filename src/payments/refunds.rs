@@ -5,9 +5,11 @@
 //! never refunds twice) until the provider takes it, backing off after each failure. A settled
 //! refund raises the order's `refunded_amount` in the same transaction that marks it settled.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde_json::Value;
 pub use shop_actors::refunds::RefundReason;
 use shop_actors::refunds::{RefundLedger, RefundPass};
 use sqlx::{PgConnection, PgPool};
@@ -63,7 +65,7 @@ pub async fn committed_for(db: &mut PgConnection, order: Uuid) -> Result<i64, sq
     sqlx::query_scalar(
         "SELECT (GREATEST(o.refunded_amount,
                           coalesce(sum(r.amount) FILTER (WHERE r.status = 'succeeded'), 0))
-                 + coalesce(sum(r.amount) FILTER (WHERE r.status = 'owed'), 0))::bigint
+                 + coalesce(sum(r.amount) FILTER (WHERE r.status IN ('owed', 'pending')), 0))::bigint
          FROM orders o LEFT JOIN refunds r ON r.order_id = o.id
          WHERE o.id = $1 GROUP BY o.refunded_amount",
     )
@@ -80,6 +82,206 @@ pub async fn count_for(db: &mut PgConnection, order: Uuid) -> Result<i64, sqlx::
         .await
 }
 
+/// A refund's status as the provider reports it (Stripe's `refund.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderStatus {
+    /// Taken, not settled yet.
+    Pending,
+    /// Taken; the customer has to act before it settles.
+    RequiresAction,
+    Succeeded,
+    /// Final: the money did not go back (an expired card, a closed account).
+    Failed,
+    /// Final: canceled before it settled.
+    Canceled,
+}
+
+impl ProviderStatus {
+    pub fn parse(status: &str) -> Option<Self> {
+        Some(match status {
+            "pending" => Self::Pending,
+            "requires_action" => Self::RequiresAction,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            _ => return None,
+        })
+    }
+}
+
+/// What the provider said about one try of a refund row: its answer to the worker's call, or an
+/// event about the refund.
+#[derive(Debug)]
+struct Report<'a> {
+    refund_id: Uuid,
+    /// The row's `failed_tries` when this try was asked for.
+    try_: i32,
+    provider_refund_id: &'a str,
+    status: ProviderStatus,
+    /// `failure_reason`, for a failed refund.
+    reason: Option<&'a str>,
+}
+
+/// The metadata on every refund the shop asks for: its events carry it back, so they find
+/// their row and try even before the worker has recorded the provider's answer.
+fn metadata(refund: &Due) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("order_id".to_owned(), refund.order_id.to_string()),
+        ("refund_id".to_owned(), refund.id.to_string()),
+        ("refund_try".to_owned(), refund.failed_tries.to_string()),
+    ])
+}
+
+/// Applies what the provider says of a refund (`object`, a `refund` object from an event) in the
+/// caller's transaction, the one that stores the event. A refund the shop did not ask for (made
+/// in the provider's dashboard) changes nothing here: `charge.refunded` carries its amount.
+pub(crate) async fn observe(tx: &mut PgConnection, object: &Value) -> Result<(), sqlx::Error> {
+    let text = |field: &str| object.get(field).and_then(Value::as_str);
+    let Some(provider_refund_id) = text("id") else {
+        tracing::warn!("a refund event without a refund id; nothing to apply");
+        return Ok(());
+    };
+    let Some(status) = text("status").and_then(ProviderStatus::parse) else {
+        // Not guessed: the row keeps what it was, and the worker's own call reads the status.
+        tracing::error!(refund = provider_refund_id, status = ?text("status"),
+            "a refund event with an unknown status; not applied");
+        metrics::counter!("refund_events_unreadable_total").increment(1);
+        return Ok(());
+    };
+    let tagged = object
+        .pointer("/metadata/refund_id")
+        .and_then(Value::as_str)
+        .and_then(|id| id.parse::<Uuid>().ok())
+        .zip(
+            object
+                .pointer("/metadata/refund_try")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<i32>().ok()),
+        );
+    let (refund_id, try_) = match tagged {
+        Some(tagged) => tagged,
+        None => {
+            let row: Option<(Uuid, i32)> = sqlx::query_as(
+                "SELECT id, failed_tries FROM refunds WHERE provider_refund_id = $1",
+            )
+            .bind(provider_refund_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(());
+            };
+            row
+        }
+    };
+    let report = Report {
+        refund_id,
+        try_,
+        provider_refund_id,
+        status,
+        reason: text("failure_reason"),
+    };
+    match apply(tx, &report).await {
+        Ok(_) => Ok(()),
+        Err(TransitionError::Database(error)) => Err(error),
+        // The event is not stored either, so the provider delivers it again.
+        Err(illegal) => Err(sqlx::Error::Protocol(illegal.to_string())),
+    }
+}
+
+/// Moves a refund row to what the provider says of its try `report.try_`, once: a report about
+/// an earlier try (whose refund failed) or a repeat changes nothing. `succeeded` counts in the
+/// order's `refunded_amount`; `failed` and `canceled` make the row owed again with one more
+/// failed try (a new idempotency key) and take a succeeded amount back out. `true` when the row
+/// moved.
+async fn apply(tx: &mut PgConnection, report: &Report<'_>) -> Result<bool, TransitionError> {
+    let row: Option<(String, i32, Uuid, i64)> = sqlx::query_as(
+        "SELECT status, failed_tries, order_id, amount FROM refunds WHERE id = $1 FOR UPDATE",
+    )
+    .bind(report.refund_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, tries, order_id, amount)) = row else {
+        tracing::warn!(refund = %report.refund_id, "a provider refund names no refund row");
+        return Ok(false);
+    };
+    if tries != report.try_ || status == "already_refunded" {
+        return Ok(false);
+    }
+    let moved = match report.status {
+        ProviderStatus::Succeeded if status == "owed" || status == "pending" => {
+            sqlx::query(
+                "UPDATE refunds SET status = 'succeeded', provider_refund_id = $2,
+                        completed_at = now(), last_error = NULL
+                 WHERE id = $1",
+            )
+            .bind(report.refund_id)
+            .bind(report.provider_refund_id)
+            .execute(&mut *tx)
+            .await?;
+            store::record_refunded(tx, order_id, 0).await?;
+            tracing::info!(order = %order_id, refund = %report.refund_id, amount, "refund settled");
+            true
+        }
+        ProviderStatus::Pending | ProviderStatus::RequiresAction if status == "owed" => {
+            sqlx::query(
+                "UPDATE refunds SET status = 'pending', provider_refund_id = $2 WHERE id = $1",
+            )
+            .bind(report.refund_id)
+            .bind(report.provider_refund_id)
+            .execute(&mut *tx)
+            .await?;
+            true
+        }
+        ProviderStatus::Failed | ProviderStatus::Canceled => {
+            let why = format!(
+                "the provider's refund {} {}{}",
+                report.provider_refund_id,
+                if report.status == ProviderStatus::Failed {
+                    "failed"
+                } else {
+                    "was canceled"
+                },
+                report
+                    .reason
+                    .map(|reason| format!(": {reason}"))
+                    .unwrap_or_default()
+            );
+            let backoff = Duration::from_secs(1u64 << (tries + 1).clamp(0, 10)).min(MAX_BACKOFF);
+            sqlx::query(
+                "UPDATE refunds SET status = 'owed', failed_tries = failed_tries + 1,
+                        provider_refund_id = NULL, completed_at = NULL, last_error = $2,
+                        next_attempt_at = now() + make_interval(secs => $3)
+                 WHERE id = $1",
+            )
+            .bind(report.refund_id)
+            .bind(&why)
+            .bind(backoff.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
+            if status == "succeeded" {
+                // What the provider gave back counts no more; a later try counts it again.
+                sqlx::query(
+                    "UPDATE orders SET refunded_amount = GREATEST(refunded_amount - $2,
+                            (SELECT coalesce(sum(amount), 0)::bigint FROM refunds
+                             WHERE order_id = $1 AND status = 'succeeded'))
+                     WHERE id = $1",
+                )
+                .bind(order_id)
+                .bind(amount)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tracing::error!(order = %order_id, refund = %report.refund_id, amount, retry_in = ?backoff,
+                "{why}; the refund is owed again");
+            metrics::counter!("refunds_failed_total").increment(1);
+            true
+        }
+        // A repeat, or a report behind what the row already knows.
+        _ => false,
+    };
+    Ok(moved)
+}
+
 #[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
@@ -88,6 +290,7 @@ struct Due {
     intent_id: String,
     amount: i64,
     attempts: i32,
+    failed_tries: i32,
 }
 
 /// Settles owed refunds against the provider: the refund worker's [`RefundLedger`].
@@ -105,10 +308,11 @@ impl Ledger {
         Self { db, provider }
     }
 
-    /// Tries every refund that is due once, oldest first.
+    /// Asks the provider for every refund that is due once, oldest first, and records what it
+    /// answers (`succeeded`, `pending`, or owed again when it failed).
     pub async fn settle_due(&self) -> Result<RefundPass, TransitionError> {
         let due: Vec<Due> = sqlx::query_as(
-            "SELECT id, order_id, seq, intent_id, amount, attempts FROM refunds
+            "SELECT id, order_id, seq, intent_id, amount, attempts, failed_tries FROM refunds
              WHERE status = 'owed' AND next_attempt_at <= now()
              ORDER BY next_attempt_at LIMIT 100",
         )
@@ -116,59 +320,87 @@ impl Ledger {
         .await?;
         let mut settled = 0;
         for refund in due {
-            let key = IdempotencyKey::refund(refund.order_id, refund.seq.max(1) as u32);
-            match self
+            let key = IdempotencyKey::refund_try(
+                refund.order_id,
+                refund.seq.max(1) as u32,
+                refund.failed_tries.max(0) as u32,
+            );
+            let answer = self
                 .provider
-                .refund(&refund.intent_id, Some(refund.amount), &key)
-                .await
-            {
+                .refund(
+                    &refund.intent_id,
+                    Some(refund.amount),
+                    metadata(&refund),
+                    &key,
+                )
+                .await;
+            match answer {
                 Ok(done) => {
-                    self.settled(&refund, Some(&done.id), "succeeded").await?;
-                    settled += 1;
+                    let Some(status) = done.status.as_deref().and_then(ProviderStatus::parse)
+                    else {
+                        let error = PaymentError::Unexpected(format!(
+                            "refund {} has status {:?}",
+                            done.id, done.status
+                        ));
+                        self.failed(&refund, &error).await?;
+                        continue;
+                    };
+                    let report = Report {
+                        refund_id: refund.id,
+                        try_: refund.failed_tries,
+                        provider_refund_id: &done.id,
+                        status,
+                        reason: done.raw.get("failure_reason").and_then(Value::as_str),
+                    };
+                    let mut tx = self.db.begin().await?;
+                    sqlx::query("UPDATE refunds SET attempts = attempts + 1 WHERE id = $1")
+                        .bind(refund.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    apply(&mut tx, &report).await?;
+                    tx.commit().await?;
+                    if status == ProviderStatus::Succeeded {
+                        settled += 1;
+                    }
                 }
                 // Refunded meanwhile by other means (the provider's dashboard): the money is back,
                 // and the provider's `charge.refunded` event carries the amount.
                 Err(PaymentError::Refused { code, .. }) if code == "charge_already_refunded" => {
                     tracing::warn!(order = %refund.order_id, refund = %refund.id, "charge already refunded at the provider");
-                    self.settled(&refund, None, "already_refunded").await?;
+                    self.already_refunded(&refund).await?;
                     settled += 1;
                 }
                 Err(error) => self.failed(&refund, &error).await?,
             }
         }
-        let owed: i64 = sqlx::query_scalar("SELECT count(*) FROM refunds WHERE status = 'owed'")
-            .fetch_one(&self.db)
-            .await?;
+        // Pending refunds are not money back yet: they count as owed until the provider settles
+        // them.
+        let owed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM refunds WHERE status IN ('owed', 'pending')")
+                .fetch_one(&self.db)
+                .await?;
         Ok(RefundPass {
             settled,
             owed: owed.max(0) as u64,
         })
     }
 
-    /// Marks the refund done: `succeeded` (it counts in the order's `refunded_amount`) or
-    /// `already_refunded` (the provider's own event carries that money).
-    async fn settled(
-        &self,
-        refund: &Due,
-        provider_id: Option<&str>,
-        status: &str,
-    ) -> Result<(), TransitionError> {
+    /// Marks the refund `already_refunded`: the provider's own event carries that money.
+    async fn already_refunded(&self, refund: &Due) -> Result<(), TransitionError> {
         let mut tx = self.db.begin().await?;
         let marked = sqlx::query(
-            "UPDATE refunds SET status = $3, provider_refund_id = $2, completed_at = now(),
+            "UPDATE refunds SET status = 'already_refunded', completed_at = now(),
                     attempts = attempts + 1, last_error = NULL
-             WHERE id = $1 AND status = 'owed'",
+             WHERE id = $1 AND status = 'owed' AND failed_tries = $2",
         )
         .bind(refund.id)
-        .bind(provider_id)
-        .bind(status)
+        .bind(refund.failed_tries)
         .execute(&mut *tx)
         .await?;
         if marked.rows_affected() == 1 {
             store::record_refunded(&mut tx, refund.order_id, 0).await?;
         }
         tx.commit().await?;
-        tracing::info!(order = %refund.order_id, refund = %refund.id, amount = refund.amount, "refund settled");
         Ok(())
     }
 
@@ -180,11 +412,12 @@ impl Ledger {
         sqlx::query(
             "UPDATE refunds SET attempts = attempts + 1, last_error = $2,
                     next_attempt_at = now() + make_interval(secs => $3)
-             WHERE id = $1 AND status = 'owed'",
+             WHERE id = $1 AND status = 'owed' AND failed_tries = $4",
         )
         .bind(refund.id)
         .bind(error.to_string())
         .bind(backoff.as_secs_f64())
+        .bind(refund.failed_tries)
         .execute(&self.db)
         .await?;
         Ok(())

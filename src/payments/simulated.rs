@@ -381,6 +381,7 @@ impl SimulatedProvider {
         &self,
         intent_id: &str,
         amount: Option<i64>,
+        metadata: BTreeMap<String, String>,
         key: &IdempotencyKey,
     ) -> Result<Refund, PaymentError> {
         let fingerprint = format!(
@@ -417,6 +418,7 @@ impl SimulatedProvider {
                     "charge": row.latest_charge,
                     "currency": row.currency,
                     "payment_intent": row.id,
+                    "metadata": metadata,
                     "status": "succeeded",
                     "created": Utc::now().timestamp(),
                 });
@@ -438,7 +440,10 @@ impl SimulatedProvider {
                 .and_then(Value::as_i64)
                 .unwrap_or_default(),
             currency: text("currency"),
-            status: text("status"),
+            status: response
+                .get("status")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             raw: response,
         })
     }

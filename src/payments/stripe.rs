@@ -143,9 +143,14 @@ impl StripeProvider {
         &self,
         intent_id: &str,
         amount: Option<i64>,
+        metadata: BTreeMap<String, String>,
         key: &IdempotencyKey,
     ) -> Result<Refund, PaymentError> {
-        let mut request = CreateRefund::new().payment_intent(intent_id);
+        let mut request = CreateRefund::new().payment_intent(intent_id).metadata(
+            metadata
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
         if let Some(amount) = amount {
             request = request.amount(amount);
         }
@@ -165,7 +170,7 @@ impl StripeProvider {
                 .map_or_else(|| intent_id.to_owned(), |intent| intent.id().to_string()),
             amount: refund.amount,
             currency: refund.currency.to_string(),
-            status: refund.status.clone().unwrap_or_default(),
+            status: refund.status.clone(),
             raw: serde_json::to_value(&refund)
                 .map_err(|error| PaymentError::Unexpected(error.to_string()))?,
         })

@@ -414,7 +414,7 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
         let pending = scalar("SELECT count(*) FROM orders WHERE status = 'pending'").await;
         let unprocessed =
             scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL").await;
-        let owed = scalar("SELECT count(*) FROM refunds WHERE status = 'owed'").await;
+        let owed = scalar("SELECT count(*) FROM refunds WHERE status IN ('owed', 'pending')").await;
         let unpublished = scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await;
         let emails_due = scalar(
             "SELECT count(*) FROM orders o WHERE o.status IN ('paid', 'cancelled')

@@ -400,6 +400,7 @@ async fn refunds_lists_the_owed_refunds_and_outbox_counts_pending_and_dead_lette
     for cell in [
         order_id.to_string().as_str(),
         "$42.00",
+        " owed ",
         "late_payment",
         " 3 ",
         "provider unavailable",

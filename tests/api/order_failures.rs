@@ -298,6 +298,160 @@ async fn a_refund_the_provider_refuses_stays_owed_and_is_retried_until_taken() {
     .await;
 }
 
+async fn pay_with(app: &TestApp, who: &Session, id: &str, card: &str) {
+    let response = app
+        .post_json_as(
+            &who.access_token,
+            &format!("/api/v1/orders/{id}/pay"),
+            &json!({"payment_method": card}),
+        )
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    wait_status(app, who, id, "paid").await;
+}
+
+/// (status, failed_tries, the order's refunded_amount) of an order's only refund, read in one
+/// snapshot.
+async fn refund_state(app: &TestApp, order: &str) -> (String, i32, i64) {
+    sqlx::query_as(
+        "SELECT r.status, r.failed_tries, o.refunded_amount
+         FROM refunds r JOIN orders o ON o.id = r.order_id WHERE r.order_id = $1",
+    )
+    .bind(Uuid::parse_str(order).unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn admin_refund(app: &TestApp, admin: &Session, id: &str, amount: i64) -> reqwest::Response {
+    app.post_json_as(
+        &admin.access_token,
+        &format!("/api/v1/admin/orders/{id}/refunds"),
+        &json!({"amount": amount, "reason": "returned"}),
+    )
+    .await
+}
+
+/// Issue 21, finding 5: the provider answers a refund `succeeded` and reports later that it
+/// failed (`pm_card_refundFail`). The money is not back: the refund is owed again, out of the
+/// order's `refunded_amount`, asked for again under a new key, and still counts against what an
+/// admin can refund.
+#[tokio::test]
+async fn a_refund_that_fails_at_the_provider_is_owed_again_and_asked_for_under_a_new_key() {
+    let (app, stripe) = stripe_app(|_| {}).await;
+    let Ordered {
+        admin,
+        customer,
+        id,
+        ..
+    } = ordered(&app, "REFUND-FAILS", 1500, 5, 1).await;
+    pay_with(&app, &customer, &id, "pm_card_refundFail").await;
+
+    // The provider's answer first, its later events held back.
+    stripe.pause_webhooks();
+    let response = admin_refund(&app, &admin, &id, 1000).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["refunded_amount"], 1000, "answered succeeded");
+    assert_eq!(
+        refund_state(&app, &id).await,
+        ("succeeded".to_owned(), 0, 1000)
+    );
+
+    stripe.resume_webhooks();
+    let state = eventually(DEADLINE, "the failed refund to be owed again", || async {
+        let state = refund_state(&app, &id).await;
+        (state.1 >= 1 && state.0 == "owed").then_some(state)
+    })
+    .await;
+    assert_eq!(
+        state.2, 0,
+        "not counted as refunded once it failed: {state:?}"
+    );
+    // 1000 of 1500 is still owed: only 500 is left to refund.
+    assert_problem(admin_refund(&app, &admin, &id, 600).await, 422).await;
+
+    // Asked for again under its own key, which fails the same way.
+    let state = eventually(DEADLINE, "the second try to fail too", || async {
+        let state = refund_state(&app, &id).await;
+        (state.1 >= 2 && state.0 == "owed").then_some(state)
+    })
+    .await;
+    assert_eq!(state.2, 0, "{state:?}");
+    let keys: Vec<String> = stripe
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/refunds" && r.status == 200)
+        .filter_map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(
+        keys[..2],
+        [
+            format!("order:{id}:refund:1"),
+            format!("order:{id}:refund:1:retry:1")
+        ]
+    );
+    let last_error: Option<String> =
+        sqlx::query_scalar("SELECT last_error FROM refunds WHERE order_id = $1")
+            .bind(Uuid::parse_str(&id).unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let last_error = last_error.unwrap_or_default();
+    assert!(
+        last_error.contains("failed: expired_or_canceled_card"),
+        "{last_error}"
+    );
+    let metrics = app.metrics().await;
+    assert!(metric_value(&metrics, "refunds_failed_total") >= Some(2.0));
+    let order = order(&app, &customer, &id).await;
+    assert_eq!(
+        (order["status"].clone(), order["refunded_amount"].clone()),
+        (json!("paid"), json!(0))
+    );
+}
+
+/// Issue 21, finding 5: a refund the provider takes as `pending` (`pm_card_pendingRefund`) is
+/// not money back until the provider says it succeeded: the order shows it only then, and until
+/// then it is owed in `refunds_owed` and counts against what an admin can refund.
+#[tokio::test]
+async fn a_pending_refund_counts_as_refunded_only_once_the_provider_settles_it() {
+    let (app, stripe) = stripe_app(|_| {}).await;
+    let Ordered {
+        admin,
+        customer,
+        id,
+        ..
+    } = ordered(&app, "REFUND-PENDS", 1500, 5, 1).await;
+    pay_with(&app, &customer, &id, "pm_card_pendingRefund").await;
+
+    stripe.pause_webhooks();
+    let response = admin_refund(&app, &admin, &id, 1000).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["refunded_amount"], 0, "pending is not refunded");
+    assert_eq!(refund_state(&app, &id).await, ("pending".to_owned(), 0, 0));
+    let metrics = app.metrics().await;
+    assert_eq!(metric_value(&metrics, "refunds_owed"), Some(1.0));
+    assert_problem(admin_refund(&app, &admin, &id, 600).await, 422).await;
+
+    stripe.resume_webhooks();
+    let state = eventually(DEADLINE, "the pending refund to settle", || async {
+        let state = refund_state(&app, &id).await;
+        (state.0 == "succeeded").then_some(state)
+    })
+    .await;
+    assert_eq!(state, ("succeeded".to_owned(), 0, 1000));
+    assert_eq!(order(&app, &customer, &id).await["refunded_amount"], 1000);
+    eventually(DEADLINE, "nothing to be owed", || async {
+        let metrics = app.metrics().await;
+        (metric_value(&metrics, "refunds_owed") == Some(0.0)).then_some(())
+    })
+    .await;
+    // The rest can still be refunded, once.
+    assert_eq!(admin_refund(&app, &admin, &id, 500).await.status(), 200);
+}
+
 /// Finding 6: shipped cannot become refunded; a partial refund keeps the status and shows the
 /// amount; refunds add up to the total and no further.
 #[tokio::test]

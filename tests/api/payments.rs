@@ -527,7 +527,12 @@ async fn cancel_and_refund_are_forwarded_for_the_right_intent() {
         .unwrap();
     let partial = shop
         .payments()
-        .refund(&intent.id, Some(1_000), &IdempotencyKey::refund(order, 1))
+        .refund(
+            &intent.id,
+            Some(1_000),
+            Default::default(),
+            &IdempotencyKey::refund(order, 1),
+        )
         .await
         .unwrap();
     assert_eq!(partial.amount, 1_000);
@@ -542,7 +547,12 @@ async fn cancel_and_refund_are_forwarded_for_the_right_intent() {
 
     let rest = shop
         .payments()
-        .refund(&intent.id, None, &IdempotencyKey::refund(order, 2))
+        .refund(
+            &intent.id,
+            None,
+            Default::default(),
+            &IdempotencyKey::refund(order, 2),
+        )
         .await
         .unwrap();
     assert_eq!(rest.amount, 2_000);
@@ -563,7 +573,12 @@ async fn cancel_and_refund_are_forwarded_for_the_right_intent() {
     // Nothing is left to refund: the provider says so, as an error.
     let error = shop
         .payments()
-        .refund(&intent.id, None, &IdempotencyKey::refund(order, 3))
+        .refund(
+            &intent.id,
+            None,
+            Default::default(),
+            &IdempotencyKey::refund(order, 3),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -610,7 +625,12 @@ async fn every_call_carries_its_idempotency_key_and_a_repeated_create_answers_th
         .unwrap();
     assert_eq!(replayed.latest_charge, paid.latest_charge);
     shop.payments()
-        .refund(&first.id, Some(500), &IdempotencyKey::refund(order, 1))
+        .refund(
+            &first.id,
+            Some(500),
+            Default::default(),
+            &IdempotencyKey::refund(order, 1),
+        )
         .await
         .unwrap();
     let other = shop
@@ -758,7 +778,12 @@ async fn the_simulated_provider_sends_its_outcomes_through_the_same_router() {
     assert_eq!(failed.error.as_deref(), Some("Your card was declined."));
 
     shop.payments()
-        .refund(&intent.id, Some(1_000), &IdempotencyKey::refund(order, 1))
+        .refund(
+            &intent.id,
+            Some(1_000),
+            Default::default(),
+            &IdempotencyKey::refund(order, 1),
+        )
         .await
         .unwrap();
     let refunded = shop

@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 use crate::error::ApiError;
 use crate::fixtures::Fixtures;
 use crate::objects::{
-    Charge, Intent, IntentStatus, PaymentMethod, Refund, new_id, random_alphanumerics, test_card,
+    Charge, Intent, IntentStatus, PaymentMethod, Refund, RefundOutcome, new_id,
+    random_alphanumerics, test_card,
 };
 use crate::params::Params;
 
@@ -366,6 +367,7 @@ impl Ledger {
             }
         };
         let charge = self.charge(&charge_id)?;
+        let outcome = charge.card.refunds;
         if !charge.succeeded() {
             return Err(ApiError::invalid_request(
                 "charge_not_refundable",
@@ -405,18 +407,49 @@ impl Ledger {
             reason,
             balance_transaction: new_id("txn"),
             created: now,
+            status: match outcome {
+                RefundOutcome::PendsThenSucceeds => "pending",
+                RefundOutcome::Succeeds | RefundOutcome::FailsLater => "succeeded",
+            },
+            failure_reason: None,
         };
         let refund_id = refund.id.clone();
         let body = refund.render(fixtures);
         self.refunds.insert(refund_id.clone(), refund);
         if let Some(charge) = self.charges.get_mut(&charge_id) {
             charge.amount_refunded += amount;
-            charge.refunds.insert(0, refund_id);
+            charge.refunds.insert(0, refund_id.clone());
         }
         let charge = self.render_charge(fixtures, &charge_id)?;
-        Ok(Effect::ok(body.clone())
+        let effect = Effect::ok(body.clone())
             .emitting("refund.created", body)
-            .emitting("charge.refunded", charge))
+            .emitting("charge.refunded", charge);
+        // What Stripe does "some time later": here its events follow the creation's in the
+        // webhook queue (a test holds them back with `pause_webhooks`).
+        let later = match outcome {
+            RefundOutcome::Succeeds => return Ok(effect),
+            RefundOutcome::FailsLater => {
+                // Failed at the card's bank: the amount is the charge's again.
+                if let Some(charge) = self.charges.get_mut(&charge_id) {
+                    charge.amount_refunded -= amount;
+                }
+                ("failed", Some("expired_or_canceled_card"))
+            }
+            RefundOutcome::PendsThenSucceeds => ("succeeded", None),
+        };
+        let refund = self
+            .refunds
+            .get_mut(&refund_id)
+            .ok_or_else(|| ApiError::resource_missing("refund", &refund_id, "refund"))?;
+        (refund.status, refund.failure_reason) = later;
+        let updated = refund.render(fixtures);
+        let effect = effect
+            .emitting("charge.refund.updated", updated.clone())
+            .emitting("refund.updated", updated.clone());
+        Ok(match later.0 {
+            "failed" => effect.emitting("refund.failed", updated),
+            _ => effect,
+        })
     }
 
     pub(crate) fn retrieve_refund(

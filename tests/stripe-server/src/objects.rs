@@ -256,6 +256,10 @@ pub(crate) struct Refund {
     pub(crate) reason: Option<&'static str>,
     pub(crate) balance_transaction: String,
     pub(crate) created: i64,
+    /// `succeeded`, `pending` or `failed`.
+    pub(crate) status: &'static str,
+    /// Why a `failed` refund failed.
+    pub(crate) failure_reason: Option<&'static str>,
 }
 
 impl Refund {
@@ -272,7 +276,8 @@ impl Refund {
             "metadata": self.metadata,
             "payment_intent": self.payment_intent,
             "reason": self.reason,
-            "status": "succeeded",
+            "status": self.status,
+            "failure_reason": self.failure_reason,
         });
         overlay(&mut object, fields);
         Value::Object(object)
@@ -336,6 +341,19 @@ pub(crate) struct TestCard {
     country: &'static str,
     fingerprint: &'static str,
     pub(crate) decline: Option<Decline>,
+    pub(crate) refunds: RefundOutcome,
+}
+
+/// What becomes of a refund of a card's charge (https://docs.stripe.com/testing#refunds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefundOutcome {
+    Succeeds,
+    /// `pm_card_refundFail`: answered `succeeded`, then `failed` (`charge.refund.updated`,
+    /// `refund.updated`, `refund.failed`).
+    FailsLater,
+    /// `pm_card_pendingRefund`: answered `pending`, then `succeeded` (`charge.refund.updated`,
+    /// `refund.updated`).
+    PendsThenSucceeds,
 }
 
 const GENERIC_DECLINE: Decline = Decline {
@@ -355,6 +373,7 @@ pub(crate) static TEST_CARDS: &[TestCard] = &[
         country: "US",
         fingerprint: "Xt5EWLLDS7FJjR1c",
         decline: None,
+        refunds: RefundOutcome::Succeeds,
     },
     TestCard {
         token: "pm_card_mastercard",
@@ -364,6 +383,7 @@ pub(crate) static TEST_CARDS: &[TestCard] = &[
         country: "US",
         fingerprint: "8mB2iLOUbbuDSJwH",
         decline: None,
+        refunds: RefundOutcome::Succeeds,
     },
     TestCard {
         token: "pm_card_chargeDeclined",
@@ -373,6 +393,7 @@ pub(crate) static TEST_CARDS: &[TestCard] = &[
         country: "US",
         fingerprint: "b3TuhWKT7ZXHWaNb",
         decline: Some(GENERIC_DECLINE),
+        refunds: RefundOutcome::Succeeds,
     },
     TestCard {
         token: "pm_card_chargeDeclinedInsufficientFunds",
@@ -388,6 +409,7 @@ pub(crate) static TEST_CARDS: &[TestCard] = &[
             seller_message: "The bank returned the decline code `insufficient_funds`.",
             advice_code: Some("try_again_later"),
         }),
+        refunds: RefundOutcome::Succeeds,
     },
     TestCard {
         token: "pm_card_chargeDeclinedExpiredCard",
@@ -403,6 +425,27 @@ pub(crate) static TEST_CARDS: &[TestCard] = &[
             seller_message: "The bank returned the decline code `expired_card`.",
             advice_code: None,
         }),
+        refunds: RefundOutcome::Succeeds,
+    },
+    TestCard {
+        token: "pm_card_refundFail",
+        brand: "visa",
+        last4: "5126",
+        funding: "credit",
+        country: "US",
+        fingerprint: "hT5cXoiOjRDzCWEg",
+        decline: None,
+        refunds: RefundOutcome::FailsLater,
+    },
+    TestCard {
+        token: "pm_card_pendingRefund",
+        brand: "visa",
+        last4: "7726",
+        funding: "credit",
+        country: "US",
+        fingerprint: "pQ2mWc7rLxUe0JsN",
+        decline: None,
+        refunds: RefundOutcome::PendsThenSucceeds,
     },
 ];
 
