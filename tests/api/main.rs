@@ -26,6 +26,7 @@ mod order_failures;
 mod orders;
 mod ownership;
 mod payments;
+mod pg_proxy;
 mod platform;
 mod promotions;
 mod promotions_checkout;

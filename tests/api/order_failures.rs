@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use shop_stripe_testserver::{Fault, FaultAction, sign};
 use sqlx::Connection;
@@ -15,6 +16,7 @@ use crate::orders::{
     DEADLINE, WEBHOOK, WEBHOOK_SECRET, checkout, fill_cart, order, pay, stock, stripe_app, variant,
     wait_status,
 };
+use crate::pg_proxy::PgProxy;
 
 /// A customer's pending order of `quantity` units of a fresh variant.
 struct Ordered {
@@ -450,6 +452,59 @@ async fn a_pending_refund_counts_as_refunded_only_once_the_provider_settles_it()
     .await;
     // The rest can still be refunded, once.
     assert_eq!(admin_refund(&app, &admin, &id, 500).await.status(), 200);
+}
+
+/// The app with every PostgreSQL connection through a [`PgProxy`].
+async fn proxied_app() -> (TestApp, PgProxy) {
+    let server = reqwest::Url::parse(&crate::helpers::postgres_server_url()).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        server.host_str().unwrap(),
+        server.port().unwrap_or(5432)
+    );
+    let proxy = PgProxy::start(upstream).await;
+    let app = TestApp::spawn_with(
+        |settings| {
+            let url = proxy.url(settings.database.url.expose_secret());
+            settings.database.url = url.into();
+        },
+        |_| Vec::new(),
+    )
+    .await;
+    (app, proxy)
+}
+
+/// Issue 21, finding 8: the answer to the COMMIT that writes the order is lost (the commit went
+/// through; the connection dropped before the saga heard so). The saga reads the order back
+/// instead of undoing it: the order stands with its stock held and its intent alive, and the
+/// customer pays it.
+#[tokio::test]
+async fn an_order_whose_commit_answer_is_lost_stands_with_its_stock_and_is_paid() {
+    let (app, proxy) = proxied_app().await;
+    let admin = app.login_as_admin().await;
+    let variant = variant(&app, &admin, "LOST-COMMIT", 1200, 5).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &variant, 2).await;
+
+    proxy.lose_commit_answers("INSERT INTO orders", 1);
+    let response = checkout(&app, &customer).await;
+    assert_eq!(proxy.lost(), 1, "the order's COMMIT answer was lost");
+    assert_eq!(response.status(), 201);
+    let order: Value = response.json().await.unwrap();
+    let id = order["id"].as_str().unwrap();
+    assert_eq!(order["status"], "pending");
+    assert_eq!(
+        stock(&app, &variant).await,
+        (5, 2, 0),
+        "its units stay held"
+    );
+
+    let paid = pay(&app, &customer, id).await;
+    assert!(paid.status().is_success(), "{}", paid.status());
+    let paid = wait_status(&app, &customer, id, "paid").await;
+    assert_eq!(paid["refunded_amount"], 0);
+    assert_eq!(stock(&app, &variant).await, (3, 0, 2));
+    assert!(refunds(&app, id).await.is_empty(), "nothing to give back");
 }
 
 /// Finding 6: shipped cannot become refunded; a partial refund keeps the status and shows the

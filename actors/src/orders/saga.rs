@@ -176,6 +176,18 @@ struct Taken<'a> {
 }
 
 /// Retries `step` with doubling pauses until it succeeds or `budget` is spent.
+/// How long a checkout whose order write failed keeps trying to read the order back: within the
+/// margin its caller waits beyond the saga's deadline.
+const READ_BACK_BUDGET: Duration = Duration::from_secs(1);
+
+/// Why checkout's order write did not succeed.
+enum NotWritten {
+    /// The order is not written: what was taken for it is given back.
+    Refused(CheckoutError),
+    /// The write failed and the order could not be read back: it may exist.
+    Unknown(String),
+}
+
 async fn with_retries<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     budget: Duration,
@@ -344,7 +356,16 @@ impl SagaState {
                 }
                 Ok(id)
             }
-            Err(error) => {
+            Err(NotWritten::Unknown(why)) => {
+                // Perhaps written: nothing is undone. If the order exists, this saga's expiry
+                // cancels it at its deadline like any unpaid order (and it can be paid until
+                // then); if not, its holds expire, the limiter's reconciliation gives the coupon
+                // use back, and the intent is never confirmed.
+                tracing::error!(order = %order.id, %why, "the order's write has an unknown outcome; nothing is undone");
+                self.schedule_expiry(order.expires_at);
+                Err(CheckoutError::Unavailable(why))
+            }
+            Err(NotWritten::Refused(error)) => {
                 self.release_stock().await;
                 if let Some(coupon) = &checkout.coupon
                     && let Err(release) = self.release_coupon(coupon.coupon_id).await
@@ -406,9 +427,13 @@ impl SagaState {
         &self,
         checkout: &Checkout,
         units: i32,
-    ) -> Result<(Uuid, Option<String>), CheckoutError> {
+    ) -> Result<(Uuid, Option<String>), NotWritten> {
         let order = &checkout.order;
-        let late = || CheckoutError::Unavailable("checkout took too long; nothing was kept".into());
+        let late = || {
+            NotWritten::Refused(CheckoutError::Unavailable(
+                "checkout took too long; nothing was kept".into(),
+            ))
+        };
         let amount = order.subtotal - order.discount_total;
         // A free order (a coupon worth the whole cart) has nothing to pay: no intent.
         let intent = if amount > 0 {
@@ -417,7 +442,7 @@ impl SagaState {
                 .payments
                 .create_intent(order.id, 1, amount, &order.currency)
                 .await
-                .map_err(|e| CheckoutError::Unavailable(e.to_string()))?;
+                .map_err(|e| NotWritten::Refused(CheckoutError::Unavailable(e.to_string())))?;
             Some(created)
         } else {
             None
@@ -436,14 +461,35 @@ impl SagaState {
             .ledger
             .create_order(order, intent.as_ref(), units, checkout.idempotency.as_ref())
             .await;
-        match written {
-            Ok(()) => Ok((order.id, intent.map(|i| i.id))),
-            Err(error) => {
+        let Err(error) = written else {
+            return Ok((order.id, intent.map(|i| i.id)));
+        };
+        // The error may be the lost answer to a COMMIT that went through: the order is read back
+        // before anything is undone.
+        let ledger = &self.deps.ledger;
+        match with_retries("reading the order back", READ_BACK_BUDGET, || {
+            ledger.status_of(order.id)
+        })
+        .await
+        {
+            Ok(Some(_)) => {
+                tracing::warn!(order = %order.id, %error, "the order's write reported an error, yet the order is written; it stands");
+                metrics::counter!("order_writes_read_back_total", "written" => "true").increment(1);
+                Ok((order.id, intent.map(|i| i.id)))
+            }
+            Ok(None) => {
+                metrics::counter!("order_writes_read_back_total", "written" => "false")
+                    .increment(1);
                 if let Some(intent) = &intent {
                     self.abandon_intent(intent).await;
                 }
-                Err(CheckoutError::Unavailable(error.to_string()))
+                Err(NotWritten::Refused(CheckoutError::Unavailable(
+                    error.to_string(),
+                )))
             }
+            Err(read) => Err(NotWritten::Unknown(format!(
+                "{error}; the order could not be read back: {read}"
+            ))),
         }
     }
 
