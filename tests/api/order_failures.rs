@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use shop_stripe_testserver::{Fault, FaultAction, sign};
 use sqlx::Connection;
@@ -16,7 +15,7 @@ use crate::orders::{
     DEADLINE, WEBHOOK, WEBHOOK_SECRET, checkout, fill_cart, order, pay, stock, stripe_app, variant,
     wait_status,
 };
-use crate::pg_proxy::PgProxy;
+use crate::pg_proxy::proxied_app;
 
 /// A customer's pending order of `quantity` units of a fresh variant.
 struct Ordered {
@@ -454,26 +453,6 @@ async fn a_pending_refund_counts_as_refunded_only_once_the_provider_settles_it()
     assert_eq!(admin_refund(&app, &admin, &id, 500).await.status(), 200);
 }
 
-/// The app with every PostgreSQL connection through a [`PgProxy`].
-async fn proxied_app() -> (TestApp, PgProxy) {
-    let server = reqwest::Url::parse(&crate::helpers::postgres_server_url()).unwrap();
-    let upstream = format!(
-        "{}:{}",
-        server.host_str().unwrap(),
-        server.port().unwrap_or(5432)
-    );
-    let proxy = PgProxy::start(upstream).await;
-    let app = TestApp::spawn_with(
-        |settings| {
-            let url = proxy.url(settings.database.url.expose_secret());
-            settings.database.url = url.into();
-        },
-        |_| Vec::new(),
-    )
-    .await;
-    (app, proxy)
-}
-
 /// Issue 21, finding 8: the answer to the COMMIT that writes the order is lost (the commit went
 /// through; the connection dropped before the saga heard so). The saga reads the order back
 /// instead of undoing it: the order stands with its stock held and its intent alive, and the
@@ -505,6 +484,47 @@ async fn an_order_whose_commit_answer_is_lost_stands_with_its_stock_and_is_paid(
     assert_eq!(paid["refunded_amount"], 0);
     assert_eq!(stock(&app, &variant).await, (3, 0, 2));
     assert!(refunds(&app, id).await.is_empty(), "nothing to give back");
+}
+
+/// Issue 21, finding 6: the answer to the COMMIT that writes a checkout's holds is lost (the
+/// rows landed). The shard does not take the write as refused: it reads the holds back, and the
+/// checkout's compensating release includes that shard, so nothing stays held for an order that
+/// never existed.
+#[tokio::test]
+async fn holds_whose_commit_answer_is_lost_are_read_back_and_released() {
+    let (app, proxy) = proxied_app().await;
+    let admin = app.login_as_admin().await;
+    let variant = variant(&app, &admin, "LOST-HOLD", 800, 5).await;
+    let customer = app.login_as_customer().await;
+    fill_cart(&app, &customer, &variant, 2).await;
+
+    proxy.lose_commit_answers("INSERT INTO stock_reservations", 1);
+    let response = checkout(&app, &customer).await;
+    assert_eq!(proxy.lost(), 1, "the holds' COMMIT answer was lost");
+    assert_problem(response, 503).await;
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
+    let released = count(
+        &app,
+        "SELECT count(*) FROM stock_reservations WHERE status = 'released'",
+    )
+    .await;
+    assert_eq!(released, 1, "the hold that landed is released");
+    assert_eq!(stock(&app, &variant).await, (5, 0, 0), "nothing stays held");
+
+    // Memory agrees: the next checkout of every unit is served, and the shard's count is right.
+    fill_cart(&app, &customer, &variant, 3).await;
+    let response = checkout(&app, &customer).await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(stock(&app, &variant).await, (5, 5, 0));
+    let other = app.login_as_customer().await;
+    let more = app
+        .post_json_as(
+            &other.access_token,
+            "/api/v1/cart/items",
+            &json!({"variant_id": variant, "quantity": 1}),
+        )
+        .await;
+    assert_problem(more, 409).await;
 }
 
 /// Finding 6: shipped cannot become refunded; a partial refund keeps the status and shows the

@@ -19,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::eventually;
+use secrecy::ExposeSecret;
+
+use crate::helpers::{TestApp, eventually};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -85,6 +87,26 @@ impl PgProxy {
         )
         .await;
     }
+}
+
+/// The app with every PostgreSQL connection through a [`PgProxy`].
+pub async fn proxied_app() -> (TestApp, PgProxy) {
+    let server = reqwest::Url::parse(&crate::helpers::postgres_server_url()).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        server.host_str().unwrap(),
+        server.port().unwrap_or(5432)
+    );
+    let proxy = PgProxy::start(upstream).await;
+    let app = TestApp::spawn_with(
+        |settings| {
+            let url = proxy.url(settings.database.url.expose_secret());
+            settings.database.url = url.into();
+        },
+        |_| Vec::new(),
+    )
+    .await;
+    (app, proxy)
 }
 
 async fn serve(mut client: TcpStream, upstream: &str, shared: Arc<Shared>) -> std::io::Result<()> {

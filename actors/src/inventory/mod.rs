@@ -383,6 +383,9 @@ impl Inventory {
                 Ok(Ok(())) => granted.push(shard),
                 Ok(Err(InventoryError::Short(short))) => shortages.extend(short),
                 Ok(Err(error)) => {
+                    // A write with an unknown outcome may have landed: released there too (the
+                    // shard reads the owner's holds back first; nothing there is nothing).
+                    granted.push(shard);
                     self.release_from(owner, &granted).await;
                     return Err(error);
                 }

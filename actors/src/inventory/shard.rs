@@ -268,10 +268,24 @@ impl ShardState {
     async fn finish(&mut self, write: Write) {
         match write.task.await {
             Ok(None) => {}
-            Ok(Some((batch, error))) => {
+            // PostgreSQL answered with an error: the transaction rolled back, nothing landed.
+            Ok(Some((batch, error @ sqlx::Error::Database(_)))) => {
                 tracing::error!(shard = self.index, %error, "persisting reservations failed; undoing them");
                 for pending in batch {
                     self.undo(&pending);
+                    let _ = pending
+                        .reply
+                        .send(Err(InventoryError::Storage(error.to_string())));
+                }
+            }
+            // Anything else (the connection broke, the COMMIT's answer was lost) may have
+            // landed: memory no longer claims to know, and reads the holds back before it
+            // decides anything about their owners (their callers release them).
+            Ok(Some((batch, error))) => {
+                tracing::error!(shard = self.index, %error, "persisting reservations has an unknown outcome; reading them back");
+                for pending in batch {
+                    let variants: Vec<Uuid> = pending.lines.iter().map(|l| l.variant_id).collect();
+                    self.forget(pending.owner, &variants);
                     let _ = pending
                         .reply
                         .send(Err(InventoryError::Storage(error.to_string())));
