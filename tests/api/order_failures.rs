@@ -668,6 +668,55 @@ async fn a_payment_taken_as_the_reservation_expires_is_either_an_order_or_a_refu
     assert!(refunds(&app, &id).await.len() <= usize::from(status == "cancelled"));
 }
 
+/// Issue 21, finding 8: giving the stock back is slow (a lock stalls the shard's release past the
+/// caller's wait). The cancel is decided by its status change and answered then: 200 and
+/// cancelled, never a 503 for a cancel that goes through; the stock follows once the lock goes.
+#[tokio::test]
+async fn a_cancel_is_answered_when_it_is_decided_not_after_its_stock_is_back() {
+    let (app, _stripe) = stripe_app(|settings| {
+        settings.payments.timeout_secs = 1;
+        settings.checkout.call_timeout_secs = 4;
+        settings.actors.call_timeout_ms = 2500;
+    })
+    .await;
+    let Ordered {
+        customer,
+        variant,
+        id,
+        ..
+    } = ordered(&app, "SLOW-RELEASE", 900, 5, 2).await;
+    assert_eq!(stock(&app, &variant).await, (5, 2, 0));
+
+    let mut locker = sqlx::PgConnection::connect(&app.database.url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE stock_reservations IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let response = app
+        .post_json_as(
+            &customer.access_token,
+            &format!("/api/v1/orders/{id}/cancel"),
+            &json!({}),
+        )
+        .await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+
+    eventually(
+        DEADLINE,
+        "the cancelled order's stock to be back",
+        || async { (stock(&app, &variant).await == (5, 0, 0)).then_some(()) },
+    )
+    .await;
+    assert_eq!(order(&app, &customer, &id).await["status"], "cancelled");
+}
+
 /// Finding 7: the provider is slower than the checkout may wait. The answer is 503 and nothing
 /// was created: no order, no stock held, the cart as it was.
 #[tokio::test]

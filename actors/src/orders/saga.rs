@@ -180,6 +180,11 @@ struct Taken<'a> {
 /// margin its caller waits beyond the saga's deadline.
 const READ_BACK_BUDGET: Duration = Duration::from_secs(1);
 
+/// A cancel that went through, and what the order held that is to be given back.
+struct Cancelled {
+    coupon: Option<Uuid>,
+}
+
 /// Why checkout's order write did not succeed.
 enum NotWritten {
     /// The order is not written: what was taken for it is given back.
@@ -725,9 +730,16 @@ impl SagaState {
     // ---- step 4: deadline and cancels ----
 
     /// Cancels a pending order: the intent first (if it already succeeded, the order is paid
-    /// instead), then the stock, then the status. `NotPending` when it was not (or no longer)
-    /// pending.
-    async fn cancel(&self, actor: &str, reason: &str) -> Result<(), SagaError> {
+    /// instead), then the status, which decides it. `NotPending` when it was not (or no longer)
+    /// pending. With a caller's `deadline`, a provider that has not answered the cancel by then
+    /// leaves the order as it is (`Unavailable`). What the order held is given back afterwards,
+    /// by [`give_back`](Self::give_back), so that the caller's answer does not wait on it.
+    async fn cancel(
+        &self,
+        actor: &str,
+        reason: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Cancelled, SagaError> {
         let ledger = &self.deps.ledger;
         let order = self.order().await?;
         // Whatever happens below, the order is read afresh after it.
@@ -735,26 +747,34 @@ impl SagaState {
         if order.status != OrderStatus::Pending {
             return Err(SagaError::NotPending(order.status));
         }
-        if let Some(intent) = &order.payment_intent_id
-            && let Some(paid) = self.cancel_intent(&order, intent).await?
-        {
-            // Taken before we could cancel: the order is paid (or refunded) instead.
-            let taken = Taken {
-                intent_id: &paid.id,
-                amount: paid.amount_received,
-                currency: &paid.currency,
-                event_id: None,
+        if let Some(intent) = &order.payment_intent_id {
+            let cancelling = self.cancel_intent(&order, intent);
+            let cancelled = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), cancelling)
+                    .await
+                    .map_err(|_| {
+                        SagaError::Unavailable(
+                            "the provider did not answer the cancel in time; the order is unchanged"
+                                .into(),
+                        )
+                    })?,
+                None => cancelling.await,
             };
-            self.on_taken(&order, &taken).await?;
-            let now = ledger
-                .status_of(self.order_id)
-                .await?
-                .ok_or(SagaError::NotFound)?;
-            return Err(SagaError::NotPending(now));
-        }
-        self.release_stock().await;
-        if let Some(coupon) = order.coupon_id {
-            self.release_coupon(coupon).await?;
+            if let Some(paid) = cancelled? {
+                // Taken before we could cancel: the order is paid (or refunded) instead.
+                let taken = Taken {
+                    intent_id: &paid.id,
+                    amount: paid.amount_received,
+                    currency: &paid.currency,
+                    event_id: None,
+                };
+                self.on_taken(&order, &taken).await?;
+                let now = ledger
+                    .status_of(self.order_id)
+                    .await?
+                    .ok_or(SagaError::NotFound)?;
+                return Err(SagaError::NotPending(now));
+            }
         }
         if !ledger.cancel(self.order_id, actor, reason).await? {
             let now = ledger
@@ -763,7 +783,22 @@ impl SagaState {
                 .ok_or(SagaError::NotFound)?;
             return Err(SagaError::NotPending(now));
         }
-        Ok(())
+        Ok(Cancelled {
+            coupon: order.coupon_id,
+        })
+    }
+
+    /// Gives back what a cancelled order held: its stock (a release that keeps failing leaves
+    /// the holds to expire) and its coupon use (one that cannot be released now is released by
+    /// the limiter's reconciliation, the order being cancelled).
+    async fn give_back(&self, cancelled: Cancelled) {
+        self.release_stock().await;
+        if let Some(coupon) = cancelled.coupon
+            && let Err(error) = self.release_coupon(coupon).await
+        {
+            tracing::error!(order = %self.order_id, %coupon, %error,
+                "a cancelled order's coupon use is still held; the limiter's reconciliation releases it");
+        }
     }
 
     /// Cancels the order's intent. `Some(intent)` when the provider says the money was already
@@ -809,9 +844,10 @@ impl SagaState {
 
     async fn expire(&self) -> Result<(), SagaError> {
         self.remember(None);
-        match self.cancel("system", "reservation expired").await {
-            Ok(()) => {
+        match self.cancel("system", "reservation expired", None).await {
+            Ok(cancelled) => {
                 metrics::counter!("orders_expired_total").increment(1);
+                self.give_back(cancelled).await;
                 Ok(())
             }
             Err(SagaError::NotPending(_) | SagaError::NotFound) => Ok(()),
@@ -971,9 +1007,18 @@ impl ShopActor for OrderSaga {
                 let answer = if Instant::now() >= deadline {
                     Err(too_late())
                 } else {
-                    state.cancel(actor, &reason).await
+                    state.cancel(actor, &reason, Some(deadline)).await
                 };
-                let _ = reply.send(answer);
+                match answer {
+                    Ok(cancelled) => {
+                        // Answered once the cancel is decided; the stock and coupon follow.
+                        let _ = reply.send(Ok(()));
+                        state.give_back(cancelled).await;
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
             }
             SagaMsg::Expire => state.expire().await?,
             SagaMsg::SettleFree { attempt } => state.retry_free(attempt).await?,
