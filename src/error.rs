@@ -233,6 +233,9 @@ impl AppError {
     }
 }
 
+/// The `Retry-After` of a 503, in seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 1;
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match &self {
@@ -241,10 +244,21 @@ impl IntoResponse for AppError {
             _ => {}
         }
         let mut response = self.to_problem().into_response();
-        if let Self::RateLimited { retry_after_secs } = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        match self {
+            Self::RateLimited { retry_after_secs } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            // Nothing was done: a retry is safe, and soon may find the key's new owner (a
+            // handover), the provider back, or the pool free.
+            Self::Unavailable(_) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -265,6 +265,11 @@ async fn a_deposed_owner_is_fenced_out_of_checkout_and_creates_nothing() {
     let deposed = deposed_owner().await;
     // It still answers from memory, but the checkout's writes are refused.
     let checkout = crate::orders::checkout(&deposed.owner, &deposed.customer).await;
+    assert_eq!(
+        checkout.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "a 503 says when to retry"
+    );
     assert_problem(checkout, 503).await;
     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&deposed.owner.db)
@@ -293,6 +298,10 @@ async fn a_deposed_owner_is_fenced_out_of_cart_changes_and_writes_nothing() {
             &json!({"variant_id": deposed.mug, "quantity": 5}),
         )
         .await;
+    assert_eq!(
+        add.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
     assert_problem(add, 503).await;
     let quantity: Vec<i32> = sqlx::query_scalar(
         "SELECT l.quantity FROM cart_items l JOIN carts c ON c.id = l.cart_id WHERE c.user_id = $1",
