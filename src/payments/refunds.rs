@@ -109,6 +109,32 @@ impl ProviderStatus {
     }
 }
 
+/// A refund row's `status` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowStatus {
+    Owed,
+    Pending,
+    Succeeded,
+    AlreadyRefunded,
+}
+
+impl RowStatus {
+    /// An unknown value fails the read: never guessed.
+    fn decode(raw: &str) -> Result<Self, sqlx::Error> {
+        Ok(match raw {
+            "owed" => Self::Owed,
+            "pending" => Self::Pending,
+            "succeeded" => Self::Succeeded,
+            "already_refunded" => Self::AlreadyRefunded,
+            other => {
+                return Err(sqlx::Error::Decode(
+                    format!("unknown refund status {other:?}").into(),
+                ));
+            }
+        })
+    }
+}
+
 /// What the provider said about one try of a refund row: its answer to the worker's call, or an
 /// event about the refund.
 #[derive(Debug)]
@@ -204,11 +230,12 @@ async fn apply(tx: &mut PgConnection, report: &Report<'_>) -> Result<bool, Trans
         tracing::warn!(refund = %report.refund_id, "a provider refund names no refund row");
         return Ok(false);
     };
-    if tries != report.try_ || status == "already_refunded" {
+    let status = RowStatus::decode(&status)?;
+    if tries != report.try_ || status == RowStatus::AlreadyRefunded {
         return Ok(false);
     }
     let moved = match report.status {
-        ProviderStatus::Succeeded if status == "owed" || status == "pending" => {
+        ProviderStatus::Succeeded if matches!(status, RowStatus::Owed | RowStatus::Pending) => {
             sqlx::query(
                 "UPDATE refunds SET status = 'succeeded', provider_refund_id = $2,
                         completed_at = now(), last_error = NULL
@@ -222,7 +249,7 @@ async fn apply(tx: &mut PgConnection, report: &Report<'_>) -> Result<bool, Trans
             tracing::info!(order = %order_id, refund = %report.refund_id, amount, "refund settled");
             true
         }
-        ProviderStatus::Pending | ProviderStatus::RequiresAction if status == "owed" => {
+        ProviderStatus::Pending | ProviderStatus::RequiresAction if status == RowStatus::Owed => {
             sqlx::query(
                 "UPDATE refunds SET status = 'pending', provider_refund_id = $2 WHERE id = $1",
             )
@@ -246,7 +273,7 @@ async fn apply(tx: &mut PgConnection, report: &Report<'_>) -> Result<bool, Trans
                     .map(|reason| format!(": {reason}"))
                     .unwrap_or_default()
             );
-            let backoff = Duration::from_secs(1u64 << (tries + 1).clamp(0, 10)).min(MAX_BACKOFF);
+            let backoff = backoff(tries + 1);
             sqlx::query(
                 "UPDATE refunds SET status = 'owed', failed_tries = failed_tries + 1,
                         provider_refund_id = NULL, completed_at = NULL, last_error = $2,
@@ -258,7 +285,7 @@ async fn apply(tx: &mut PgConnection, report: &Report<'_>) -> Result<bool, Trans
             .bind(backoff.as_secs_f64())
             .execute(&mut *tx)
             .await?;
-            if status == "succeeded" {
+            if status == RowStatus::Succeeded {
                 // What the provider gave back counts no more; a later try counts it again.
                 sqlx::query(
                     "UPDATE orders SET refunded_amount = GREATEST(refunded_amount - $2,
@@ -302,6 +329,12 @@ pub struct Ledger {
 
 /// The longest wait between two attempts at one refund.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// The wait before the next attempt after `failures` of them: 1 s doubling, at most
+/// [`MAX_BACKOFF`].
+fn backoff(failures: i32) -> Duration {
+    Duration::from_secs(1u64 << failures.clamp(0, 10)).min(MAX_BACKOFF)
+}
 
 impl Ledger {
     pub fn new(db: PgPool, provider: PaymentProvider) -> Self {
@@ -405,7 +438,7 @@ impl Ledger {
     }
 
     async fn failed(&self, refund: &Due, error: &PaymentError) -> Result<(), sqlx::Error> {
-        let backoff = Duration::from_secs(1u64 << refund.attempts.clamp(0, 10)).min(MAX_BACKOFF);
+        let backoff = backoff(refund.attempts);
         tracing::error!(order = %refund.order_id, refund = %refund.id, attempts = refund.attempts + 1,
             retry_in = ?backoff, %error, "refund not taken by the provider; it stays owed");
         metrics::counter!("refund_attempts_failed_total").increment(1);

@@ -381,6 +381,43 @@ impl TestApp {
         blocker
     }
 
+    /// `LOCK TABLE {table} IN {mode} MODE`, held by a transaction of the test until it ends: the
+    /// writes that conflict with it wait (a slow database, with no test hook in the app).
+    pub async fn lock_table(
+        &self,
+        table: &str,
+        mode: &str,
+    ) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut lock = self.db.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {table} IN {mode} MODE"
+        )))
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+        lock
+    }
+
+    /// Waits until exactly one statement starting with `prefix` waits on a lock.
+    pub async fn wait_for_one_waiting(&self, prefix: &str) {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{prefix:?} to wait on a lock"),
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                     AND wait_event_type = 'Lock' AND starts_with(query, $1)",
+                )
+                .bind(prefix)
+                .fetch_one(&self.db)
+                .await
+                .unwrap();
+                (waiting == 1).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// (on hand, held, sold) of a variant, from PostgreSQL: the inventory's ledger.
     pub async fn stock_ledger(&self, variant: Uuid) -> (i32, i32, i32) {
         sqlx::query_as(

@@ -663,21 +663,8 @@ async fn a_restarted_shard_counts_the_holds_its_predecessor_was_still_writing() 
         let inventory = inventory.clone();
         async move { inventory.reserve(owner, &one(item, 6), TTL).await }
     });
-    eventually(
-        DEADLINE,
-        "the batch's insert to wait on the row lock",
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-               AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO stock_reservations%'",
-            )
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-            (waiting == 1).then_some(())
-        },
-    )
-    .await;
+    app.wait_for_one_waiting("INSERT INTO stock_reservations")
+        .await;
     before.kill();
     // The next incarnation has started reading, or is waiting for the write to land.
     eventually(DEADLINE, "the shard to be restarting", || async {

@@ -687,14 +687,7 @@ async fn a_cancel_is_answered_when_it_is_decided_not_after_its_stock_is_back() {
     } = ordered(&app, "SLOW-RELEASE", 900, 5, 2).await;
     assert_eq!(stock(&app, &variant).await, (5, 2, 0));
 
-    let mut locker = sqlx::PgConnection::connect(&app.database.url)
-        .await
-        .unwrap();
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("LOCK TABLE stock_reservations IN EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let lock = app.lock_table("stock_reservations", "EXCLUSIVE").await;
     let response = app
         .post_json_as(
             &customer.access_token,
@@ -706,7 +699,7 @@ async fn a_cancel_is_answered_when_it_is_decided_not_after_its_stock_is_back() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "cancelled");
-    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    lock.rollback().await.unwrap();
 
     eventually(
         DEADLINE,

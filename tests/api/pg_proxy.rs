@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -21,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use secrecy::ExposeSecret;
 
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::TestApp;
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -76,16 +75,6 @@ impl PgProxy {
 
     pub fn lost(&self) -> usize {
         self.shared.sprung.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` COMMIT answers in all were lost.
-    pub async fn wait_lost(&self, n: usize) {
-        eventually(
-            Duration::from_secs(20),
-            "a COMMIT answer to be lost",
-            || async { (self.lost() >= n).then_some(()) },
-        )
-        .await;
     }
 }
 

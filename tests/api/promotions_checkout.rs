@@ -618,29 +618,14 @@ async fn a_reservation_that_outlives_its_checkout_gives_the_use_back() {
     let first = customer_with_coupon(&app, &mug, 1, "STALLED").await;
     let second = customer_with_coupon(&app, &mug, 1, "STALLED").await;
 
-    let mut lock = app.db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE coupon_redemptions IN SHARE ROW EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = app
+        .lock_table("coupon_redemptions", "SHARE ROW EXCLUSIVE")
+        .await;
     // The second reservation comes only once the first one's insert waits on the lock: it is
     // queued behind that batch, not written in it.
     let second_checkout = async {
-        eventually(
-            DEADLINE,
-            "the first use's insert to wait on the lock",
-            || async {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                   AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO coupon_redemptions%'",
-                )
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-                (waiting == 1).then_some(())
-            },
-        )
-        .await;
+        app.wait_for_one_waiting("INSERT INTO coupon_redemptions")
+            .await;
         checkout(&app, &second).await
     };
     let (one, two) = tokio::join!(checkout(&app, &first), second_checkout);

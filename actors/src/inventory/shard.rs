@@ -283,9 +283,8 @@ impl ShardState {
             // decides anything about their owners (their callers release them).
             Ok(Some((batch, error))) => {
                 tracing::error!(shard = self.index, %error, "persisting reservations has an unknown outcome; reading them back");
+                self.forget_all(write.holds);
                 for pending in batch {
-                    let variants: Vec<Uuid> = pending.lines.iter().map(|l| l.variant_id).collect();
-                    self.forget(pending.owner, &variants);
                     let _ = pending
                         .reply
                         .send(Err(InventoryError::Storage(error.to_string())));
@@ -295,9 +294,7 @@ impl ShardState {
             // were dropped, which they see as an error). Memory no longer claims to know.
             Err(error) => {
                 tracing::error!(shard = self.index, %error, "a reservation write was lost; reloading its holds");
-                for (owner, variants) in write.holds {
-                    self.forget(owner, &variants);
-                }
+                self.forget_all(write.holds);
             }
         }
         self.report();
@@ -398,6 +395,13 @@ impl ShardState {
         }
         self.holds.remove(&owner);
         self.unsure.insert(owner);
+    }
+
+    /// [`forget`](Self::forget) for every owner of a batch whose write has an unknown outcome.
+    fn forget_all(&mut self, holds: Vec<(Uuid, Vec<Uuid>)>) {
+        for (owner, variants) in holds {
+            self.forget(owner, &variants);
+        }
     }
 
     /// Reads back the holds of every owner whose last write had an unknown outcome.

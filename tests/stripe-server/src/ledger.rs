@@ -446,9 +446,10 @@ impl Ledger {
         let effect = effect
             .emitting("charge.refund.updated", updated.clone())
             .emitting("refund.updated", updated.clone());
-        Ok(match later.0 {
-            "failed" => effect.emitting("refund.failed", updated),
-            _ => effect,
+        Ok(if outcome == RefundOutcome::FailsLater {
+            effect.emitting("refund.failed", updated)
+        } else {
+            effect
         })
     }
 
