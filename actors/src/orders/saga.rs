@@ -175,7 +175,6 @@ struct Taken<'a> {
     event_id: Option<&'a str>,
 }
 
-/// Retries `step` with doubling pauses until it succeeds or `budget` is spent.
 /// How long a checkout whose order write failed keeps trying to read the order back: within the
 /// margin its caller waits beyond the saga's deadline.
 const READ_BACK_BUDGET: Duration = Duration::from_secs(1);
@@ -193,6 +192,7 @@ enum NotWritten {
     Unknown(String),
 }
 
+/// Retries `step` with doubling pauses until it succeeds or `budget` is spent.
 async fn with_retries<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     budget: Duration,
@@ -733,7 +733,7 @@ impl SagaState {
     /// instead), then the status, which decides it. `NotPending` when it was not (or no longer)
     /// pending. With a caller's `deadline`, a provider that has not answered the cancel by then
     /// leaves the order as it is (`Unavailable`). What the order held is given back afterwards,
-    /// by [`give_back`](Self::give_back), so that the caller's answer does not wait on it.
+    /// by [`give_back`](Self::give_back): a caller waits for that until its deadline, not past it.
     async fn cancel(
         &self,
         actor: &str,
@@ -1011,9 +1011,17 @@ impl ShopActor for OrderSaga {
                 };
                 match answer {
                     Ok(cancelled) => {
-                        // Answered once the cancel is decided; the stock and coupon follow.
+                        // Answered once the stock and coupon are back, or at the deadline if
+                        // giving them back takes longer (the cancel is decided either way);
+                        // then they follow.
+                        let giving_back = state.give_back(cancelled);
+                        tokio::pin!(giving_back);
+                        let in_time =
+                            tokio::time::timeout_at(deadline.into(), &mut giving_back).await;
                         let _ = reply.send(Ok(()));
-                        state.give_back(cancelled).await;
+                        if in_time.is_err() {
+                            giving_back.await;
+                        }
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error));
