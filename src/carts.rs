@@ -406,8 +406,10 @@ pub fn cart_error(error: CartError, variant: Option<Uuid>) -> AppError {
         )]),
         CartError::NoSuchLine => AppError::NotFound,
         CartError::Actor(actor) => actor.into(),
-        // Not made (a retry is safe), or maybe made: either way the client may look and retry.
-        error @ (CartError::Expired | CartError::Interrupted(_)) => {
+        // Not made (a retry is safe), or maybe made: either way the client may look and retry
+        // (under an Idempotency-Key, a change that was maybe made is read back first: see
+        // `crate::http::cart`).
+        error @ (CartError::Expired | CartError::ClaimLost | CartError::Interrupted(_)) => {
             AppError::Unavailable(error.to_string())
         }
         CartError::Storage(detail) => AppError::Internal(anyhow::anyhow!(detail)),

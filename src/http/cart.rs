@@ -1,8 +1,13 @@
 //! Routes of the Cart table of the API: one persistent cart per customer, served by its actor.
 
+use std::future::Future;
+
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use shop_actors::ActorError;
+use shop_actors::carts::{CartError, CartSnapshot, Carts};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -12,6 +17,7 @@ use crate::carts::{self, Cart, cart_error};
 use crate::error::{AppError, Problem};
 use crate::http::auth::AuthUser;
 use crate::http::extract::{Json, Path};
+use crate::http::idempotency::{ReadBack, RequestClaim};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -67,11 +73,73 @@ fn quantity(raw: i64, min: i64) -> Result<i32, AppError> {
 
 async fn respond(
     state: &AppState,
-    result: Result<shop_actors::carts::CartSnapshot, shop_actors::carts::CartError>,
+    result: Result<CartSnapshot, CartError>,
     variant: Option<Uuid>,
 ) -> Result<axum::Json<Cart>, AppError> {
     let snapshot = result.map_err(|e| cart_error(e, variant))?;
     Ok(axum::Json(carts::view(state, snapshot).await?))
+}
+
+/// A change to a customer's cart, under the request's Idempotency-Key claim if it has one.
+struct CartChange<'a> {
+    state: &'a AppState,
+    user: Uuid,
+    claim: Option<RequestClaim>,
+}
+
+impl<'a> CartChange<'a> {
+    fn new(state: &'a AppState, user: &AuthUser, claim: Option<Extension<RequestClaim>>) -> Self {
+        Self {
+            state,
+            user: user.id,
+            claim: claim.map(|Extension(claim)| claim),
+        }
+    }
+
+    /// A retry of a request whose change was made (its answer was lost): the cart as it is, and
+    /// the change is not made again.
+    async fn already_made(&self) -> Option<Result<CartSnapshot, CartError>> {
+        let claim = self.claim.as_ref()?;
+        if !claim.applied() {
+            return None;
+        }
+        metrics::counter!("cart_changes_answered_as_made_total", "by" => "retry").increment(1);
+        Some(self.state.actors.carts.get(self.user).await)
+    }
+
+    /// Makes the change, marking the claim applied with it. When its outcome is unknown (the
+    /// cart died mid-change, a commit's answer was lost), the claim is read back: made, the
+    /// answer is the cart as it is now; not made, the error (a retry is safe).
+    async fn make<F, Fut>(&self, change: F) -> Result<CartSnapshot, CartError>
+    where
+        F: FnOnce(Carts) -> Fut,
+        Fut: Future<Output = Result<CartSnapshot, CartError>>,
+    {
+        let carts =
+            (self.state.actors.carts).under_claim(self.claim.as_ref().map(RequestClaim::key_claim));
+        let error = match change(carts).await {
+            Err(
+                error @ (CartError::Interrupted(_) | CartError::Actor(ActorError::Timeout { .. })),
+            ) => error,
+            answered => return answered,
+        };
+        let Some(claim) = &self.claim else {
+            return Err(error);
+        };
+        match claim.read_back(&self.state.db).await {
+            Ok(ReadBack::Made) => {
+                metrics::counter!("cart_changes_answered_as_made_total", "by" => "read_back")
+                    .increment(1);
+                self.state.actors.carts.get(self.user).await
+            }
+            Ok(ReadBack::NotMade | ReadBack::NotOurs) => Err(error),
+            Err(read) => {
+                // The middleware's release tries again; an applied claim is never released.
+                tracing::warn!(error = ?read, "reading back a cart change of unknown outcome failed");
+                Err(error)
+            }
+        }
+    }
 }
 
 /// A gift line belongs to its rule, not to the customer: 409 for any change to it.
@@ -106,8 +174,13 @@ async fn get_cart(
 async fn add_item(
     State(state): State<AppState>,
     user: AuthUser,
+    claim: Option<Extension<RequestClaim>>,
     Json(body): Json<AddItem>,
 ) -> Result<axum::Json<Cart>, AppError> {
+    let change = CartChange::new(&state, &user, claim);
+    if let Some(made) = change.already_made().await {
+        return respond(&state, made, None).await;
+    }
     let quantity = quantity(body.quantity, 1)?;
     if body.variant_id.is_some() == body.product_id.is_some() {
         return Err(AppError::invalid(
@@ -116,10 +189,11 @@ async fn add_item(
         ));
     }
     let sellable = carts::sellable(&state, body.variant_id, body.product_id).await?;
-    let result = state
-        .actors
-        .carts
-        .add(user.id, sellable.variant_id, quantity, sellable.unit_price)
+    let result = change
+        .make(|carts| async move {
+            let added = carts.add(user.id, sellable.variant_id, quantity, sellable.unit_price);
+            added.await
+        })
         .await;
     respond(&state, result, Some(sellable.variant_id)).await
 }
@@ -133,15 +207,18 @@ async fn add_item(
 async fn update_item(
     State(state): State<AppState>,
     user: AuthUser,
+    claim: Option<Extension<RequestClaim>>,
     Path(item): Path<Uuid>,
     Json(body): Json<UpdateItem>,
 ) -> Result<axum::Json<Cart>, AppError> {
+    let change = CartChange::new(&state, &user, claim);
+    if let Some(made) = change.already_made().await {
+        return respond(&state, made, None).await;
+    }
     let quantity = quantity(body.quantity, 0)?;
     refuse_gift_line(&state, item).await?;
-    let result = state
-        .actors
-        .carts
-        .set_quantity(user.id, item, quantity)
+    let result = change
+        .make(|carts| async move { carts.set_quantity(user.id, item, quantity).await })
         .await;
     respond(&state, result, None).await
 }
@@ -154,23 +231,38 @@ async fn update_item(
 async fn remove_item(
     State(state): State<AppState>,
     user: AuthUser,
+    claim: Option<Extension<RequestClaim>>,
     Path(item): Path<Uuid>,
 ) -> Result<axum::Json<Cart>, AppError> {
+    let change = CartChange::new(&state, &user, claim);
+    if let Some(made) = change.already_made().await {
+        return respond(&state, made, None).await;
+    }
     refuse_gift_line(&state, item).await?;
-    let result = state.actors.carts.remove(user.id, item).await;
+    let result = change
+        .make(|carts| async move { carts.remove(user.id, item).await })
+        .await;
     respond(&state, result, None).await
 }
 
 /// Empty the cart.
 #[utoipa::path(delete, path = "/cart", tag = "cart", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = Problem)))]
-async fn clear_cart(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, AppError> {
-    state
-        .actors
-        .carts
-        .clear(user.id)
-        .await
-        .map_err(|e| cart_error(e, None))?;
+async fn clear_cart(
+    State(state): State<AppState>,
+    user: AuthUser,
+    claim: Option<Extension<RequestClaim>>,
+) -> Result<StatusCode, AppError> {
+    let change = CartChange::new(&state, &user, claim);
+    let result = match change.already_made().await {
+        Some(made) => made,
+        None => {
+            change
+                .make(|carts| async move { carts.clear(user.id).await })
+                .await
+        }
+    };
+    result.map_err(|e| cart_error(e, None))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -185,9 +277,14 @@ async fn clear_cart(State(state): State<AppState>, user: AuthUser) -> Result<Sta
 async fn apply_coupon(
     State(state): State<AppState>,
     user: AuthUser,
+    claim: Option<Extension<RequestClaim>>,
     Json(body): Json<ApplyCoupon>,
 ) -> Result<axum::Json<Cart>, AppError> {
     use crate::promotions::{CouponRefusal, guesses};
+    let change = CartChange::new(&state, &user, claim);
+    if let Some(made) = change.already_made().await {
+        return respond(&state, made, None).await;
+    }
     let limit = state.settings.rate_limit.coupon_failures_per_customer;
     if let Some(free_at) = guesses::blocked_until(&state.db, user.id, limit).await? {
         let wait = (free_at - chrono::Utc::now()).num_seconds().max(1);
@@ -241,10 +338,8 @@ async fn apply_coupon(
     if let Some(reason) = priced.coupon.as_ref().and_then(|c| c.reason) {
         return Err(AppError::CouponRefused(reason));
     }
-    let result = state
-        .actors
-        .carts
-        .set_coupon(user.id, Some(coupon.code))
+    let result = change
+        .make(|carts| async move { carts.set_coupon(user.id, Some(coupon.code)).await })
         .await;
     respond(&state, result, None).await
 }
@@ -259,7 +354,14 @@ fn coupon_error(error: shop_actors::coupons::CouponError) -> AppError {
 async fn remove_coupon(
     State(state): State<AppState>,
     user: AuthUser,
+    claim: Option<Extension<RequestClaim>>,
 ) -> Result<axum::Json<Cart>, AppError> {
-    let result = state.actors.carts.set_coupon(user.id, None).await;
+    let change = CartChange::new(&state, &user, claim);
+    if let Some(made) = change.already_made().await {
+        return respond(&state, made, None).await;
+    }
+    let result = change
+        .make(|carts| async move { carts.set_coupon(user.id, None).await })
+        .await;
     respond(&state, result, None).await
 }

@@ -9,6 +9,17 @@
 //! waits for it (up to `server.idempotency_wait_ms`) and replays its answer, or is 409
 //! `idempotency-key-in-use`. Only 2xx and 4xx answers are kept; a 5xx, a 408/429 (try again
 //! later), a timeout, a panic or a dropped request deletes the claim, so a retry runs again.
+//!
+//! A claim whose effect was committed is never deleted. The handler gets its claim
+//! ([`RequestClaim`]), and a cart change marks it applied in the change's own transaction
+//! (`shop_actors::carts::KeyClaim`, migration 0016), so:
+//! - an answer that was lost (the change's COMMIT answer, the cart actor) is read back
+//!   ([`RequestClaim::read_back`]): made, the handler answers as if it had been told so; not made,
+//!   the claim is deleted in the same step, which the change, if it is still on its way, can no
+//!   longer mark, so it is rolled back;
+//! - a claim that is applied outlives a failed answer or a failed save of the answer: a retry
+//!   waits until it counts as abandoned, takes it over with its mark, and gets the cart as it is
+//!   instead of the change made twice ([`RequestClaim::applied`]).
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +41,7 @@ use uuid::Uuid;
 
 use crate::error::{AppError, FieldError, PROBLEM_JSON, Problem, ResultExt};
 use crate::http::auth::MaybeAuthUser;
+use shop_actors::carts::KeyClaim;
 
 /// How long an answer is replayed; older entries are ignored, then swept.
 pub const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -153,7 +165,17 @@ async fn replay_or_run(request: Request, next: Next) -> Result<Response, AppErro
     let deadline = Instant::now() + wait;
     let guard = loop {
         match claim(&state.db, &entry, &fingerprint, abandoned).await? {
-            Claimed::Ours(claim) => break ClaimGuard::new(state.db.clone(), entry, claim),
+            Claimed::Ours { claim, applied } => {
+                parts.extensions.insert(RequestClaim {
+                    claim: KeyClaim {
+                        user: entry.user,
+                        key: entry.key.clone(),
+                        claim,
+                    },
+                    applied,
+                });
+                break ClaimGuard::new(state.db.clone(), entry, claim);
+            }
             Claimed::Held(held) => {
                 if held.fingerprint != fingerprint {
                     return Ok(reused(&held.fingerprint, &fingerprint));
@@ -237,9 +259,10 @@ async fn run_and_keep(
         body: bytes,
     };
     if let Err(error) = guard.complete(&answer).await {
-        // The effect happened and the caller gets its answer; only the replay is lost, and a
-        // retry with this key runs again.
-        tracing::error!(error = ?error, %route, "keeping an answer for its Idempotency-Key failed; the key is released");
+        // The caller gets its answer; only the replay is lost. The claim is released unless
+        // its effect was marked applied (a cart change): then a retry takes it over once it
+        // counts as abandoned and answers with the cart as it is.
+        tracing::error!(error = ?error, %route, "keeping an answer for its Idempotency-Key failed; the claim is released unless its change was applied");
         metrics::counter!("idempotency_store_failures_total", "route" => route).increment(1);
     }
     Ok(Response::from_parts(parts, Body::from(answer.body)))
@@ -323,9 +346,85 @@ struct Held {
 }
 
 enum Claimed {
-    Ours(Uuid),
+    /// The key is this request's; `applied` when it took over an abandoned claim of the same
+    /// request whose change had been made.
+    Ours {
+        claim: Uuid,
+        applied: bool,
+    },
     Held(Held),
     Gone,
+}
+
+/// The claim a request runs under, in its extensions for the handler: cart changes mark it
+/// applied in their own transaction (`Carts::under_claim`).
+#[derive(Debug, Clone)]
+pub struct RequestClaim {
+    claim: KeyClaim,
+    applied: bool,
+}
+
+/// Whether a change whose answer was lost was made, as its claim says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBack {
+    /// The change committed its mark: it was made.
+    Made,
+    /// It was not made, and the claim is released so that it never will be.
+    NotMade,
+    /// The claim is no longer this request's (taken over by a retry, which answers for it).
+    NotOurs,
+}
+
+impl RequestClaim {
+    pub fn key_claim(&self) -> KeyClaim {
+        self.claim.clone()
+    }
+
+    /// A retry that took over the claim of the same request after its change was made: the
+    /// handler answers with the state as it is, without making the change again.
+    pub fn applied(&self) -> bool {
+        self.applied
+    }
+
+    /// Reads back whether this request's change was made. The release waits for a change that
+    /// marked the claim and has not committed yet, and a change that has not marked it by then
+    /// never can (see the module doc).
+    pub async fn read_back(&self, db: &PgPool) -> Result<ReadBack, sqlx::Error> {
+        let KeyClaim { user, key, claim } = &self.claim;
+        let released = sqlx::query(
+            "DELETE FROM idempotency_keys
+             WHERE user_id = $1 AND key = $2 AND claim = $3 AND state = 'in_progress'
+               AND applied_at IS NULL",
+        )
+        .bind(user)
+        .bind(key)
+        .bind(claim)
+        .execute(db)
+        .await?
+        .rows_affected();
+        if released == 1 {
+            metrics::counter!("idempotency_read_backs_total", "made" => "false").increment(1);
+            return Ok(ReadBack::NotMade);
+        }
+        // A statement of its own: it sees what the release waited for.
+        let applied: Option<bool> = sqlx::query_scalar(
+            "SELECT applied_at IS NOT NULL FROM idempotency_keys
+             WHERE user_id = $1 AND key = $2 AND claim = $3",
+        )
+        .bind(user)
+        .bind(key)
+        .bind(claim)
+        .fetch_optional(db)
+        .await?;
+        Ok(match applied {
+            Some(true) => {
+                metrics::counter!("idempotency_read_backs_total", "made" => "true").increment(1);
+                ReadBack::Made
+            }
+            // Released or completed by someone else: only a takeover changes the claim.
+            Some(false) | None => ReadBack::NotOurs,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,8 +455,9 @@ type EntryRow = (
     Option<Vec<u8>>,
 );
 
-/// Claims the key for this request, taking over an entry past [`RETENTION`] or a claim left by a
-/// dead process; otherwise reads what holds it.
+/// Claims the key for this request, taking over an entry past [`RETENTION`] or a claim of the
+/// same request left by a dead process (keeping its mark that the change was applied);
+/// otherwise reads what holds it.
 async fn claim(
     db: &PgPool,
     entry: &EntryId,
@@ -365,17 +465,23 @@ async fn claim(
     abandoned: Duration,
 ) -> Result<Claimed, AppError> {
     let claim = Uuid::now_v7();
-    let taken: Option<Uuid> = sqlx::query_scalar(
+    // An expired entry is a new request's; an abandoned claim is the same request's retry.
+    let taken: Option<(Uuid, bool)> = sqlx::query_as(
         r#"INSERT INTO idempotency_keys (user_id, key, claim, method, path, request_hash, state)
            VALUES ($1, $2, $3, $4, $5, $6, 'in_progress')
            ON CONFLICT (user_id, key) DO UPDATE
                SET claim = EXCLUDED.claim, method = EXCLUDED.method, path = EXCLUDED.path,
                    request_hash = EXCLUDED.request_hash, state = 'in_progress', status = NULL,
-                   content_type = NULL, body = NULL, created_at = now(), completed_at = NULL
+                   content_type = NULL, body = NULL, created_at = now(), completed_at = NULL,
+                   applied_at = CASE WHEN idempotency_keys.created_at > now() - make_interval(secs => $7)
+                                     THEN idempotency_keys.applied_at END
                WHERE idempotency_keys.created_at <= now() - make_interval(secs => $7)
                   OR (idempotency_keys.state = 'in_progress'
-                      AND idempotency_keys.created_at <= now() - make_interval(secs => $8))
-           RETURNING claim"#,
+                      AND idempotency_keys.created_at <= now() - make_interval(secs => $8)
+                      AND (idempotency_keys.method, idempotency_keys.path,
+                           idempotency_keys.request_hash)
+                          = (EXCLUDED.method, EXCLUDED.path, EXCLUDED.request_hash))
+           RETURNING claim, applied_at IS NOT NULL"#,
     )
     .bind(entry.user)
     .bind(&entry.key)
@@ -390,8 +496,10 @@ async fn claim(
     .on_constraint("idempotency_keys_user_id_fkey", |_| {
         AppError::Unauthorized("The access token is invalid or expired.")
     })?;
-    if taken == Some(claim) {
-        return Ok(Claimed::Ours(claim));
+    if let Some((taken, applied)) = taken
+        && taken == claim
+    {
+        return Ok(Claimed::Ours { claim, applied });
     }
     let row: Option<EntryRow> = sqlx::query_as(
         r#"SELECT method, path, request_hash, state, status, content_type, body
@@ -444,7 +552,8 @@ async fn claim(
 }
 
 /// The claim of a running request. Completed, it keeps the answer; released, or dropped (the
-/// request timed out, panicked or was cancelled), it deletes the claim so a retry runs again.
+/// request timed out, panicked or was cancelled), it deletes the claim so a retry runs again,
+/// unless the claim's change was applied.
 struct ClaimGuard {
     db: PgPool,
     entry: EntryId,
@@ -517,10 +626,12 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// Deletes the claim unless its change was applied (then a retry takes it over once abandoned).
 async fn release(db: &PgPool, entry: &EntryId, claim: Uuid) {
     let released = sqlx::query(
         "DELETE FROM idempotency_keys
-         WHERE user_id = $1 AND key = $2 AND claim = $3 AND state = 'in_progress'",
+         WHERE user_id = $1 AND key = $2 AND claim = $3 AND state = 'in_progress'
+           AND applied_at IS NULL",
     )
     .bind(entry.user)
     .bind(&entry.key)

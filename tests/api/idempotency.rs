@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::helpers::{Session, TestApp, assert_problem, eventually, metric_value};
 use crate::orders::{DEADLINE, checkout, fill_cart, stripe_app, variant, wait_status};
+use crate::pg_proxy::proxied_app;
 
 /// What came back, kept whole so two answers can be compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -854,6 +855,202 @@ async fn a_request_its_client_gave_up_on_still_finishes_once_and_the_retry_gets_
     assert_eq!((retried.status, retried.replayed), (200, true));
     assert_eq!(quantities(&retried.json()), [1]);
     assert_eq!(quantities(&cart(&app, &customer).await), [1], "added once");
+}
+
+/// Issue 21, finding 7: the answer to the COMMIT of an add is lost (the line landed). The add
+/// is read back through its claim, which the change marked in its own transaction: the client
+/// is answered with the cart that has the line, and the retry with the key replays it instead of
+/// adding again. (Before, the answer was 503, the key was freed and the retry added twice.)
+#[tokio::test]
+async fn an_add_whose_commit_answer_is_lost_is_read_back_as_made_and_its_retry_adds_nothing() {
+    let (app, proxy) = proxied_app().await;
+    let (mug, customer) = shop_with_a_mug(&app, 10).await;
+    let body = add_body(&mug, 1);
+    let path = "/api/v1/cart/items";
+
+    proxy.lose_commit_answers("INSERT INTO cart_items", 1);
+    let first = send(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("lost-1"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(proxy.lost(), 1, "the add's COMMIT answer was lost");
+    assert_eq!((first.status, first.replayed), (200, false), "{first:?}");
+    assert_eq!(quantities(&first.json()), [1]);
+
+    let again = send(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("lost-1"),
+        Some(&body),
+    )
+    .await;
+    assert!(again.replayed && again.same_as(&first), "{again:?}");
+    assert_eq!(quantities(&cart(&app, &customer).await), [1], "added once");
+}
+
+/// The other side of the read-back: the COMMIT of an add never reaches PostgreSQL, so the
+/// outcome is as unknown to the shop, but nothing landed. The read-back releases the claim (so
+/// the change could no longer be marked) and answers 503; the retry with the key adds once.
+#[tokio::test]
+async fn an_add_whose_commit_is_lost_is_read_back_as_not_made_and_its_retry_adds_once() {
+    let (app, proxy) = proxied_app().await;
+    let (mug, customer) = shop_with_a_mug(&app, 10).await;
+    let body = add_body(&mug, 2);
+    let path = "/api/v1/cart/items";
+
+    proxy.lose_commits("INSERT INTO cart_items", 1);
+    let first = send(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("lost-2"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(proxy.lost(), 1, "the add's COMMIT was lost");
+    assert_eq!(first.status, 503, "{first:?}");
+    assert_eq!(
+        entry_state(&app, &customer, "lost-2").await,
+        None,
+        "released"
+    );
+    assert!(quantities(&cart(&app, &customer).await).is_empty());
+
+    let retried = send(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("lost-2"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(
+        (retried.status, retried.replayed),
+        (200, false),
+        "{retried:?}"
+    );
+    assert_eq!(quantities(&cart(&app, &customer).await), [2], "added once");
+}
+
+/// Issue 21, finding 7, the failed save: the add is made, but keeping its answer fails. Its claim
+/// is applied, so it is not released: a retry waits for it (409) until it counts as abandoned,
+/// then takes it over and answers with the cart as it is. The add is made once; the same key with
+/// another body is still 422. (Before, the claim was deleted and the retry added again.)
+#[tokio::test]
+async fn an_applied_claim_outlives_a_failed_save_and_its_retry_answers_with_the_cart() {
+    let app = TestApp::spawn_with(
+        |settings| settings.server.idempotency_wait_ms = 300,
+        |_| Vec::new(),
+    )
+    .await;
+    let (mug, customer) = shop_with_a_mug(&app, 10).await;
+    let body = add_body(&mug, 1);
+    let path = "/api/v1/cart/items";
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_completion() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'keeping answers is down'; END $$;
+         CREATE TRIGGER refuse_completion BEFORE UPDATE ON idempotency_keys
+             FOR EACH ROW WHEN (NEW.state = 'completed') EXECUTE FUNCTION refuse_completion();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let first = send(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("kept-1"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(first.status, 200, "the caller gets its answer: {first:?}");
+    assert_eq!(
+        entry_state(&app, &customer, "kept-1").await.as_deref(),
+        Some("in_progress"),
+        "the applied claim is kept"
+    );
+    sqlx::raw_sql("DROP TRIGGER refuse_completion ON idempotency_keys")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let too_soon = request(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("kept-1"),
+        Some(&body),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_problem(too_soon, 409).await;
+
+    // As if the request timeout and its margin had passed.
+    let aged = sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '1 hour'
+         WHERE key = 'kept-1' AND applied_at IS NOT NULL",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(aged.rows_affected(), 1);
+    let other = add_body(&mug, 3);
+    let misused = send(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("kept-1"),
+        Some(&other),
+    )
+    .await;
+    assert_eq!(misused.status, 422, "{misused:?}");
+
+    let retried = send(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("kept-1"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(
+        (retried.status, retried.replayed),
+        (200, false),
+        "{retried:?}"
+    );
+    assert_eq!(quantities(&retried.json()), [1], "the cart as it is");
+    assert_eq!(quantities(&cart(&app, &customer).await), [1], "added once");
+    assert_eq!(
+        entry_state(&app, &customer, "kept-1").await.as_deref(),
+        Some("completed")
+    );
+    let replayed = send(
+        &app,
+        &customer,
+        Method::POST,
+        path,
+        Some("kept-1"),
+        Some(&body),
+    )
+    .await;
+    assert!(
+        replayed.replayed && replayed.same_as(&retried),
+        "{replayed:?}"
+    );
 }
 
 // ---- expiry ----

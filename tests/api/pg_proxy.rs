@@ -7,7 +7,9 @@
 //! statement (sqlx caches them by name, so a statement's text is sent once per connection), and
 //! notes whether the transaction open on the connection has run a statement containing the
 //! trap's fragment. When that transaction's `COMMIT` goes through, the server's answer is read to
-//! its end (`ReadyForQuery`) and dropped, and both sockets are closed.
+//! its end (`ReadyForQuery`) and dropped, and both sockets are closed. A trap may instead lose the
+//! COMMIT itself on its way (the server gets a `ROLLBACK` in its place): the client sees the same
+//! dropped connection, and nothing was committed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,12 +27,21 @@ use crate::helpers::TestApp;
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 
+/// What becomes of a trapped transaction's COMMIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// It commits; its answer is lost.
+    Answer,
+    /// It never reaches the server, which rolls the transaction back.
+    Commit,
+}
+
 #[derive(Default)]
 struct Shared {
-    /// The fragment of SQL whose transaction's COMMIT answer is lost next, and how many more
-    /// times.
-    trap: Mutex<Option<(String, usize)>>,
-    /// How many COMMIT answers were lost.
+    /// The fragment of SQL whose transaction's COMMIT (or its answer) is lost next, how many
+    /// more times, and which of the two.
+    trap: Mutex<Option<(String, usize, Lost)>>,
+    /// How many COMMITs or their answers were lost.
     sprung: AtomicUsize,
 }
 
@@ -70,7 +81,13 @@ impl PgProxy {
     /// The answer to the COMMIT of each of the next `times` transactions that run a statement
     /// containing `fragment` is lost.
     pub fn lose_commit_answers(&self, fragment: &str, times: usize) {
-        *self.shared.trap.lock().unwrap() = Some((fragment.to_owned(), times));
+        *self.shared.trap.lock().unwrap() = Some((fragment.to_owned(), times, Lost::Answer));
+    }
+
+    /// The COMMIT of each of the next `times` transactions that run a statement containing
+    /// `fragment` is lost on its way: they are rolled back, and their connection drops.
+    pub fn lose_commits(&self, fragment: &str, times: usize) {
+        *self.shared.trap.lock().unwrap() = Some((fragment.to_owned(), times, Lost::Commit));
     }
 
     pub fn lost(&self) -> usize {
@@ -166,7 +183,7 @@ async fn client_to_server(
     // The SQL run by the transaction open on this connection.
     let mut ran: Vec<String> = Vec::new();
     loop {
-        let (kind, body) = read_message(&mut client).await?;
+        let (kind, mut body) = read_message(&mut client).await?;
         match kind {
             b'P' => {
                 let parsed = strings(&body, 2);
@@ -188,11 +205,14 @@ async fn client_to_server(
                     ran.clear();
                 } else if verb.starts_with("COMMIT") {
                     let mut trap = shared.trap.lock().unwrap();
-                    if let Some((fragment, times)) = trap.as_mut()
+                    if let Some((fragment, times, lost)) = trap.as_mut()
                         && *times > 0
                         && ran.iter().any(|sql| sql.contains(fragment.as_str()))
                     {
                         *times -= 1;
+                        if *lost == Lost::Commit {
+                            body = b"ROLLBACK\0".to_vec();
+                        }
                         losing.store(true, Ordering::SeqCst);
                     }
                     ran.clear();
@@ -218,7 +238,8 @@ async fn server_to_client(
     loop {
         let (kind, body) = read_message(&mut server).await?;
         if losing.load(Ordering::SeqCst) {
-            // The COMMIT's answer: read to its end, so the commit has happened, then dropped.
+            // The COMMIT's (or its stand-in's) answer: read to its end, so the server is done
+            // with the transaction, then dropped.
             if kind == b'Z' {
                 shared.sprung.fetch_add(1, Ordering::SeqCst);
                 client.shutdown().await?;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::checkout::Handoff;
 use super::journal::Journal;
-use super::{CartError, CartLine, CartSnapshot, MAX_LINES, MAX_QUANTITY, store};
+use super::{CartError, CartLine, CartSnapshot, KeyClaim, MAX_LINES, MAX_QUANTITY, store};
 use crate::instrument::{Mailbox, ShopActor};
 use crate::inventory::Inventory;
 
@@ -28,6 +28,8 @@ pub enum CartMsg {
     /// A change to the lines; not made when its ticket's deadline passed or its caller gave up.
     Change {
         change: Change,
+        /// The request's Idempotency-Key claim, marked applied in the change's transaction.
+        claim: Option<KeyClaim>,
         ticket: Ticket,
         reply: Reply,
     },
@@ -158,27 +160,30 @@ impl CartState {
         Ok(())
     }
 
-    async fn change(&mut self, change: Change, deadline: Instant) -> Result<(), CartError> {
+    async fn change(
+        &mut self,
+        change: Change,
+        claim: Option<&KeyClaim>,
+        deadline: Instant,
+    ) -> Result<(), CartError> {
         match change {
             Change::Add {
                 variant,
                 quantity,
                 unit_price,
-            } => self.add(variant, quantity, unit_price, deadline).await,
-            Change::SetQuantity { line, quantity } => {
-                self.set_quantity(line, quantity, deadline).await
+            } => {
+                self.add(variant, quantity, unit_price, claim, deadline)
+                    .await
             }
-            Change::Remove { line } => self.remove(line, deadline).await,
-            Change::Clear => self.clear(deadline).await,
+            Change::SetQuantity { line, quantity } => {
+                self.set_quantity(line, quantity, claim, deadline).await
+            }
+            Change::Remove { line } => self.remove(line, claim, deadline).await,
+            Change::Clear => self.clear(claim, deadline).await,
             Change::SetCoupon { code } => {
-                store::set_coupon(
-                    &self.db,
-                    &self.fence,
-                    self.cart.cart_id,
-                    code.as_deref(),
-                    deadline,
-                )
-                .await?;
+                let cart = self.cart.cart_id;
+                let write = store::Write::new(&self.db, &self.fence, cart, claim, deadline);
+                store::set_coupon(write, code.as_deref()).await?;
                 self.cart.coupon_code = code;
                 Ok(())
             }
@@ -190,6 +195,7 @@ impl CartState {
         variant: Uuid,
         quantity: i32,
         unit_price: i64,
+        claim: Option<&KeyClaim>,
         deadline: Instant,
     ) -> Result<(), CartError> {
         if !(1..=MAX_QUANTITY).contains(&quantity) {
@@ -218,7 +224,7 @@ impl CartState {
             },
         };
         self.journal
-            .upsert(self.cart.cart_id, &line, deadline)
+            .upsert(self.cart.cart_id, &line, claim, deadline)
             .await?;
         match existing {
             Some(at) => self.cart.lines[at] = line,
@@ -231,6 +237,7 @@ impl CartState {
         &mut self,
         line: Uuid,
         quantity: i32,
+        claim: Option<&KeyClaim>,
         deadline: Instant,
     ) -> Result<(), CartError> {
         let at = self
@@ -240,7 +247,7 @@ impl CartState {
             .position(|l| l.id == line)
             .ok_or(CartError::NoSuchLine)?;
         if quantity == 0 {
-            return self.remove(line, deadline).await;
+            return self.remove(line, claim, deadline).await;
         }
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(CartError::QuantityTooLarge);
@@ -254,23 +261,34 @@ impl CartState {
             ..self.cart.lines[at].clone()
         };
         self.journal
-            .upsert(self.cart.cart_id, &updated, deadline)
+            .upsert(self.cart.cart_id, &updated, claim, deadline)
             .await?;
         self.cart.lines[at] = updated;
         Ok(())
     }
 
-    async fn remove(&mut self, line: Uuid, deadline: Instant) -> Result<(), CartError> {
+    async fn remove(
+        &mut self,
+        line: Uuid,
+        claim: Option<&KeyClaim>,
+        deadline: Instant,
+    ) -> Result<(), CartError> {
         if !self.cart.lines.iter().any(|l| l.id == line) {
             return Err(CartError::NoSuchLine);
         }
-        store::delete_line(&self.db, &self.fence, self.cart.cart_id, line, deadline).await?;
+        let write = store::Write::new(&self.db, &self.fence, self.cart.cart_id, claim, deadline);
+        store::delete_line(write, line).await?;
         self.cart.lines.retain(|l| l.id != line);
         Ok(())
     }
 
-    async fn clear(&mut self, deadline: Instant) -> Result<(), CartError> {
-        store::clear(&self.db, &self.fence, self.cart.cart_id, deadline).await?;
+    async fn clear(
+        &mut self,
+        claim: Option<&KeyClaim>,
+        deadline: Instant,
+    ) -> Result<(), CartError> {
+        let write = store::Write::new(&self.db, &self.fence, self.cart.cart_id, claim, deadline);
+        store::clear(write).await?;
         self.cart.lines.clear();
         self.cart.coupon_code = None;
         Ok(())
@@ -383,11 +401,14 @@ impl ShopActor for CartActor {
             CartMsg::Get(reply) => state.answer(reply, Ok(())),
             CartMsg::Change {
                 change,
+                claim,
                 ticket,
                 reply,
             } => {
                 let result = if ticket.start() {
-                    state.change(change, ticket.deadline()).await
+                    state
+                        .change(change, claim.as_ref(), ticket.deadline())
+                        .await
                 } else {
                     // Its caller gave up (or is about to): making it now would be the change
                     // the client's retry makes again.

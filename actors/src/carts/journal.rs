@@ -7,8 +7,8 @@
 //! Each write keeps its own deadline (see [`super::store`]): a write already late when its batch
 //! is taken is answered `Expired` unwritten, and the batch runs under the earliest deadline of
 //! the rest. If the batch is refused as a whole (the earliest deadline passed, one line broke a
-//! constraint), PostgreSQL rolled all of it back, so each line is written again on its own and
-//! gets its own answer. Only a commit whose answer was lost leaves its lines unknown
+//! constraint, one line's Idempotency-Key claim was lost), PostgreSQL rolled all of it back, so
+//! each line is written again on its own and gets its own answer. Only a commit whose answer was lost leaves its lines unknown
 //! ([`CartError::Interrupted`]): their carts reload from PostgreSQL, as for a lone write.
 
 use crate::partition::Fence;
@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{CartError, CartLine, store};
+use super::{CartError, CartLine, KeyClaim, store};
 
 /// Flushers writing at once, each with its own connection: a batch commits while the next one
 /// gathers.
@@ -43,6 +43,7 @@ struct Queue {
 struct Queued {
     cart: Uuid,
     line: CartLine,
+    claim: Option<KeyClaim>,
     deadline: Instant,
     done: oneshot::Sender<Result<(), CartError>>,
 }
@@ -81,17 +82,20 @@ impl Journal {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Inserts or updates `line` of `cart`, before `deadline` or not at all.
+    /// Inserts or updates `line` of `cart`, before `deadline` or not at all, marking `claim`
+    /// applied in the same transaction.
     pub async fn upsert(
         self: &Arc<Self>,
         cart: Uuid,
         line: &CartLine,
+        claim: Option<&KeyClaim>,
         deadline: Instant,
     ) -> Result<(), CartError> {
         let (done, answer) = oneshot::channel();
         self.lock().waiting.push(Queued {
             cart,
             line: line.clone(),
+            claim: claim.cloned(),
             deadline,
             done,
         });
@@ -152,14 +156,17 @@ impl Journal {
             return;
         };
         let lines: Vec<(Uuid, &CartLine)> = live.iter().map(|q| (q.cart, &q.line)).collect();
-        match store::upsert_lines(&self.db, &self.fence, &lines, deadline).await {
+        let claims: Vec<&KeyClaim> = live.iter().filter_map(|q| q.claim.as_ref()).collect();
+        match store::upsert_lines(&self.db, &self.fence, &lines, &claims, deadline).await {
             // Rolled back as a whole: each line on its own, for its own answer.
             Err(error) if live.len() > 1 && !matches!(error, CartError::Interrupted(_)) => {
                 tracing::debug!(%error, lines = live.len(), "a batch of cart lines was refused; writing them one by one");
                 let alone = live.into_iter().map(|queued| async move {
                     let line = [(queued.cart, &queued.line)];
+                    let claim: Vec<&KeyClaim> = queued.claim.iter().collect();
                     let result =
-                        store::upsert_lines(&self.db, &self.fence, &line, queued.deadline).await;
+                        store::upsert_lines(&self.db, &self.fence, &line, &claim, queued.deadline)
+                            .await;
                     let _ = queued.done.send(result);
                 });
                 futures::future::join_all(alone).await;

@@ -81,6 +81,17 @@ pub struct CartSnapshot {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The Idempotency-Key claim of the request a change answers (the server's `idempotency_keys`
+/// row, migrations 0013 and 0016). The change marks it applied in its own transaction, and is
+/// not made when the claim is no longer its request's, so that whether a change whose answer was
+/// lost was made can be read back from that row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    pub user: Uuid,
+    pub key: String,
+    pub claim: Uuid,
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CartError {
     #[error("only {available} can be sold")]
@@ -102,6 +113,10 @@ pub enum CartError {
     /// The cart was interrupted while making the change: it may or may not have been made.
     #[error("the cart change was interrupted and may or may not have been made: {0}")]
     Interrupted(String),
+    /// The request's claim on its Idempotency-Key was released or taken over before the change
+    /// was written: it was not made, and never will be under that claim.
+    #[error("the request no longer holds its Idempotency-Key; the change was not made")]
+    ClaimLost,
 }
 
 impl From<sqlx::Error> for CartError {
@@ -135,6 +150,8 @@ pub struct CartConfig {
 pub struct Carts {
     supervisor: Slot<CartSupervisorMsg>,
     timeout: Duration,
+    /// The claim the changes sent through this handle answer ([`Carts::under_claim`]).
+    claim: Option<KeyClaim>,
 }
 
 /// How much sooner than its caller's timeout a call's deadline falls: the time a change made at
@@ -182,9 +199,19 @@ impl Carts {
             Self {
                 supervisor: slot,
                 timeout: config.call_timeout,
+                claim: None,
             },
             spec,
         )
+    }
+
+    /// This handle, with its changes marking `claim` applied in their own transactions (none:
+    /// unmarked).
+    pub fn under_claim(&self, claim: Option<KeyClaim>) -> Self {
+        Self {
+            claim,
+            ..self.clone()
+        }
     }
 
     /// The deadline of a call started at `started`: [`ANSWER_GRACE`] before its caller stops
@@ -267,6 +294,7 @@ impl Carts {
         self.ask(user, deadline, wait_until, |ticket, reply| {
             CartMsg::Change {
                 change: change(),
+                claim: self.claim.clone(),
                 ticket,
                 reply,
             }

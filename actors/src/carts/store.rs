@@ -1,5 +1,6 @@
 //! The cart tables. Every change is one statement in a transaction bounded by its caller's
-//! deadline (see `begin_until`).
+//! deadline (see `begin_until`), after the fence check and, for a change made under an
+//! Idempotency-Key, the mark of its claim ([`KeyClaim`]).
 
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{CartError, CartLine, CartSnapshot};
+use super::{CartError, CartLine, CartSnapshot, KeyClaim};
 use crate::partition::Fence;
 
 /// The customer's cart with its lines, created empty on first touch; one statement.
@@ -73,7 +74,9 @@ pub async fn load(db: &PgPool, user: Uuid) -> Result<CartSnapshot, sqlx::Error> 
 
 /// Starts a transaction whose statements PostgreSQL cancels at `deadline`, so a write still
 /// waiting (on a lock, a slow disk) when its caller's time is up is rolled back, never made later.
-/// Each change below is one statement, so the one `statement_timeout` bounds all of it.
+/// Each change below is one statement (beside the fence check and the claim's mark, which wait
+/// only on an epoch bump or on the same request's claim), so the one `statement_timeout` bounds
+/// it.
 async fn begin_until(
     db: &PgPool,
     deadline: Instant,
@@ -105,11 +108,56 @@ fn failed(error: sqlx::Error, deadline: Instant) -> CartError {
     }
 }
 
-/// One change of `carts`, behind the fence of their partitions (a cart's key is its id).
+/// One cart's change: where and by when it is written, and the claim it answers.
+pub struct Write<'a> {
+    db: &'a PgPool,
+    fence: &'a Fence,
+    cart: Uuid,
+    claim: Option<&'a KeyClaim>,
+    deadline: Instant,
+}
+
+impl<'a> Write<'a> {
+    pub fn new(
+        db: &'a PgPool,
+        fence: &'a Fence,
+        cart: Uuid,
+        claim: Option<&'a KeyClaim>,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            db,
+            fence,
+            cart,
+            claim,
+            deadline,
+        }
+    }
+
+    async fn run(
+        self,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<(), CartError> {
+        let claims: Vec<&KeyClaim> = self.claim.into_iter().collect();
+        write(
+            self.db,
+            self.fence,
+            &[self.cart],
+            &claims,
+            self.deadline,
+            query,
+        )
+        .await
+    }
+}
+
+/// One change of `carts`, behind the fence of their partitions (a cart's key is its id),
+/// marking the claims it answers applied ([`mark_applied`]).
 async fn write(
     db: &PgPool,
     fence: &Fence,
     carts: &[Uuid],
+    claims: &[&KeyClaim],
     deadline: Instant,
     query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
 ) -> Result<(), CartError> {
@@ -122,6 +170,7 @@ async fn write(
         .execute(&mut *tx)
         .await
         .map_err(|error| failed(error, deadline))?;
+    mark_applied(&mut tx, claims, deadline).await?;
     match tx.commit().await {
         Ok(()) => Ok(()),
         // PostgreSQL answered: the transaction did not commit.
@@ -131,12 +180,45 @@ async fn write(
     }
 }
 
+/// Marks each claim applied, last in the change's transaction: the change then holds the claims'
+/// rows only until it commits (a repeat of the request reads its claim meanwhile, and a claim
+/// taken while the change waited on a lock is a claim a repeat had to wait for). A release waits
+/// for that commit; a claim released first is not found, and [`CartError::ClaimLost`] rolls the
+/// change back. So is a claim taken over, or one already applied.
+async fn mark_applied(
+    tx: &mut Transaction<'static, Postgres>,
+    claims: &[&KeyClaim],
+    deadline: Instant,
+) -> Result<(), CartError> {
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let marked = sqlx::query(
+        "UPDATE idempotency_keys k SET applied_at = now()
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS c (user_id, key, claim)
+         WHERE k.user_id = c.user_id AND k.key = c.key AND k.claim = c.claim
+           AND k.state = 'in_progress' AND k.applied_at IS NULL",
+    )
+    .bind(claims.iter().map(|c| c.user).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.key.as_str()).collect::<Vec<_>>())
+    .bind(claims.iter().map(|c| c.claim).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(|error| failed(error, deadline))?
+    .rows_affected();
+    if marked != claims.len() as u64 {
+        return Err(CartError::ClaimLost);
+    }
+    Ok(())
+}
+
 /// Inserts or updates lines of one or many carts (at most one line per cart and variant), in one
 /// statement of one transaction.
 pub async fn upsert_lines(
     db: &PgPool,
     fence: &Fence,
     lines: &[(Uuid, &CartLine)],
+    claims: &[&KeyClaim],
     deadline: Instant,
 ) -> Result<(), CartError> {
     let carts: Vec<Uuid> = lines.iter().map(|(cart, _)| *cart).collect();
@@ -160,35 +242,25 @@ pub async fn upsert_lines(
             .collect::<Vec<_>>(),
     )
     .bind(lines.iter().map(|(_, l)| l.added_at).collect::<Vec<_>>());
-    write(db, fence, &carts, deadline, query).await
+    write(db, fence, &carts, claims, deadline, query).await
 }
 
-pub async fn delete_line(
-    db: &PgPool,
-    fence: &Fence,
-    cart: Uuid,
-    line: Uuid,
-    deadline: Instant,
-) -> Result<(), CartError> {
+pub async fn delete_line(write: Write<'_>, line: Uuid) -> Result<(), CartError> {
     let query = sqlx::query(
         "WITH gone AS (DELETE FROM cart_items WHERE id = $1 AND cart_id = $2)
          UPDATE carts SET updated_at = now() WHERE id = $2",
     )
     .bind(line)
-    .bind(cart);
-    write(db, fence, &[cart], deadline, query).await
+    .bind(write.cart);
+    write.run(query).await
 }
 
 const CLEAR: &str = "WITH gone AS (DELETE FROM cart_items WHERE cart_id = $1)
      UPDATE carts SET coupon_code = NULL, updated_at = now() WHERE id = $1";
 
-pub async fn clear(
-    db: &PgPool,
-    fence: &Fence,
-    cart: Uuid,
-    deadline: Instant,
-) -> Result<(), CartError> {
-    write(db, fence, &[cart], deadline, sqlx::query(CLEAR).bind(cart)).await
+pub async fn clear(write: Write<'_>) -> Result<(), CartError> {
+    let cart = write.cart;
+    write.run(sqlx::query(CLEAR).bind(cart)).await
 }
 
 /// Empties a checked-out cart (lines and coupon) inside the transaction that writes its order.
@@ -197,15 +269,9 @@ pub async fn empty_in(conn: &mut sqlx::PgConnection, cart: Uuid) -> Result<(), s
     Ok(())
 }
 
-pub async fn set_coupon(
-    db: &PgPool,
-    fence: &Fence,
-    cart: Uuid,
-    code: Option<&str>,
-    deadline: Instant,
-) -> Result<(), CartError> {
+pub async fn set_coupon(write: Write<'_>, code: Option<&str>) -> Result<(), CartError> {
     let query = sqlx::query("UPDATE carts SET coupon_code = $2, updated_at = now() WHERE id = $1")
-        .bind(cart)
+        .bind(write.cart)
         .bind(code);
-    write(db, fence, &[cart], deadline, query).await
+    write.run(query).await
 }

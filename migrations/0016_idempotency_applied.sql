@@ -1,0 +1,13 @@
+-- A cart change made under an Idempotency-Key marks its claim in the change's own transaction
+-- (`applied_at`), so that whether a change whose answer was lost was made can be read back
+-- (src/http/idempotency.rs, actors/src/carts/store.rs):
+--
+-- * The change updates its claim's row (`claim` = its request's, still `in_progress`, not yet
+--   applied) and is rolled back when that matches no row: a claim that was released or taken
+--   over can no longer be applied.
+-- * A claim is released (deleted) only while it is not applied. The release and the change both
+--   take the row's lock, so either the change committed first (the release keeps the key: the
+--   change was made) or the release did (the change finds no row and is not made).
+-- * A claim taken over as abandoned by a retry of the same request keeps `applied_at`: the retry
+--   answers with the cart as it is instead of making the change again.
+ALTER TABLE idempotency_keys ADD COLUMN applied_at TIMESTAMPTZ;
