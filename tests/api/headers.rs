@@ -1,5 +1,6 @@
 //! Response headers: `X-Content-Type-Options: nosniff` on every response, errors included, no
-//! header naming the server, and CORS exactly as `server.cors_allowed_origins` says.
+//! header naming the server, CORS exactly as `server.cors_allowed_origins` says, and
+//! `Retry-After` on every 503.
 
 use reqwest::{Method, Response};
 use serde_json::json;
@@ -194,4 +195,36 @@ async fn with_no_origins_configured_cors_allows_none() {
     assert!(app.settings.server.cors_allowed_origins.is_empty());
     let response = preflight(&app, ALLOWED).await;
     assert_eq!(cors_headers(&response), Vec::<String>::new());
+}
+
+/// A request that outlives `server.request_timeout_secs` is answered 503 (nothing it did is
+/// kept), as a problem, with `Retry-After: 1`, as every other 503 is.
+#[tokio::test]
+async fn a_request_past_the_request_timeout_is_a_503_problem_that_says_when_to_retry() {
+    // The shortest request timeout the nesting of the timeouts allows.
+    let app = TestApp::spawn_with(
+        |settings| {
+            settings.server.request_timeout_secs = 8;
+            settings.checkout.call_timeout_secs = 4;
+            settings.payments.timeout_secs = 1;
+            settings.actors.call_timeout_ms = 500;
+            settings.server.idempotency_wait_ms = 1000;
+        },
+        |_| Vec::new(),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let response = app.get("/__test/sleep?ms=20000").await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(8),
+        "answered at the request timeout, not before: {waited:?}"
+    );
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert_hardened(&response, "a timed-out request");
+    let problem = crate::helpers::assert_problem(response, 503).await;
+    assert!(problem["detail"].is_string(), "{problem}");
 }
