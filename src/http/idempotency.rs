@@ -391,18 +391,7 @@ impl RequestClaim {
     /// never can (see the module doc).
     pub async fn read_back(&self, db: &PgPool) -> Result<ReadBack, sqlx::Error> {
         let KeyClaim { user, key, claim } = &self.claim;
-        let released = sqlx::query(
-            "DELETE FROM idempotency_keys
-             WHERE user_id = $1 AND key = $2 AND claim = $3 AND state = 'in_progress'
-               AND applied_at IS NULL",
-        )
-        .bind(user)
-        .bind(key)
-        .bind(claim)
-        .execute(db)
-        .await?
-        .rows_affected();
-        if released == 1 {
+        if delete_unapplied(db, *user, key, *claim).await? {
             metrics::counter!("idempotency_read_backs_total", "made" => "false").increment(1);
             return Ok(ReadBack::NotMade);
         }
@@ -628,20 +617,31 @@ impl Drop for ClaimGuard {
 
 /// Deletes the claim unless its change was applied (then a retry takes it over once abandoned).
 async fn release(db: &PgPool, entry: &EntryId, claim: Uuid) {
-    let released = sqlx::query(
+    if let Err(error) = delete_unapplied(db, entry.user, &entry.key, claim).await {
+        // The claim stays until it counts as abandoned (request timeout + a margin).
+        tracing::error!(error = ?error, "releasing an Idempotency-Key claim failed");
+    }
+}
+
+/// Deletes `claim` while it is in progress and not applied; whether it did. It waits for a change
+/// that marked the claim and has not committed yet, and keeps the claim if that change commits.
+async fn delete_unapplied(
+    db: &PgPool,
+    user: Uuid,
+    key: &str,
+    claim: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query(
         "DELETE FROM idempotency_keys
          WHERE user_id = $1 AND key = $2 AND claim = $3 AND state = 'in_progress'
            AND applied_at IS NULL",
     )
-    .bind(entry.user)
-    .bind(&entry.key)
+    .bind(user)
+    .bind(key)
     .bind(claim)
     .execute(db)
-    .await;
-    if let Err(error) = released {
-        // The claim stays until it counts as abandoned (request timeout + a margin).
-        tracing::error!(error = ?error, "releasing an Idempotency-Key claim failed");
-    }
+    .await?;
+    Ok(deleted.rows_affected() == 1)
 }
 
 /// Deletes the entries past [`RETENTION`]; how many.
