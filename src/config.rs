@@ -122,6 +122,10 @@ pub struct AuthSettings {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     pub hash_concurrency: usize,
+    /// How long a password-reset token works after it was asked for.
+    pub password_reset_ttl_secs: u64,
+    /// How long the email-verification token sent at registration works.
+    pub email_verification_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -302,6 +306,9 @@ pub struct EmailSettings {
     /// Backoff between attempts: doubles from `retry_base_ms` up to `retry_max_ms`.
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// The storefront pages the account emails link to: `{link_base_url}/reset-password?token=..`
+    /// and `{link_base_url}/verify-email?token=..`.
+    pub link_base_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -421,6 +428,13 @@ pub struct RateLimitSettings {
     /// Wrong coupon codes a customer may try in 15 minutes before `POST /cart/coupon` is 429.
     #[serde(default = "default_coupon_failures")]
     pub coupon_failures_per_customer: u32,
+    /// Password-reset requests per email per hour, counted whether or not the email has an
+    /// account.
+    pub recovery_requests_per_email: u32,
+    /// Password-reset requests per client address per hour.
+    pub recovery_requests_per_ip: u32,
+    /// Reset and verification tokens that did not verify, per client address per hour.
+    pub bad_recovery_tokens_per_ip: u32,
 }
 
 fn default_coupon_failures() -> u32 {

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod media;
 pub mod messaging;
 pub mod oncall;
+pub mod opaque_token;
 pub mod orders;
 pub mod payments;
 pub mod promotions;

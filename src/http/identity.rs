@@ -1,10 +1,12 @@
 //! Routes of the Identity table of the API: registration, login, token refresh and logout, the
 //! caller's profile, and user administration.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,6 +26,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(login))
         .routes(routes!(refresh))
         .routes(routes!(logout))
+        .routes(routes!(request_password_reset))
+        .routes(routes!(confirm_password_reset))
+        .routes(routes!(verify_email))
         .routes(routes!(me))
 }
 
@@ -141,6 +146,112 @@ async fn logout(
     state
         .identity
         .logout(&state.db, user.id, &body.refresh_token)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetRequest {
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
+    email: String,
+}
+
+/// The answer to a password-reset request: the same whether or not the email has an account.
+#[derive(Serialize, ToSchema)]
+pub struct PasswordResetAccepted {
+    /// Always `accepted`.
+    #[schema(example = "accepted")]
+    status: &'static str,
+    detail: &'static str,
+}
+
+/// Ask for a password-reset email. The answer is the same whether or not an account has this
+/// email; if one has, an email with a single-use link (valid for 30 minutes by default) goes out
+/// through the outbox. Limited per email and per client address.
+#[utoipa::path(post, path = "/auth/password-reset", tag = "identity",
+    request_body = PasswordResetRequest,
+    responses(
+        (status = 202, body = PasswordResetAccepted),
+        (status = 422, description = "Not an email address", body = Problem),
+        (status = 429, description = "Too many reset requests for this email or from this address", body = Problem),
+    ))]
+async fn request_password_reset(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<PasswordResetRequest>,
+) -> Result<(StatusCode, axum::Json<PasswordResetAccepted>), AppError> {
+    let email = Email::parse(&body.email).map_err(|e| AppError::Validation(vec![e]))?;
+    state
+        .identity
+        .request_password_reset(&state.db, &email, peer.ip())
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(PasswordResetAccepted {
+            status: "accepted",
+            detail: "If an account has this email, a link to reset its password is on its way.",
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetConfirmation {
+    /// The token of the reset email.
+    token: String,
+    /// The new password: 8 to 1024 characters.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 1024)]
+    password: SecretString,
+}
+
+/// Set a new password with the token of a reset email. The token is spent, and every refresh
+/// token of the account stops working (every session must log in again).
+#[utoipa::path(post, path = "/auth/password-reset/confirm", tag = "identity",
+    request_body = PasswordResetConfirmation,
+    responses(
+        (status = 204, description = "The password is changed"),
+        (status = 400, description = "The token is unknown, spent or expired (one answer for all three)", body = Problem),
+        (status = 422, description = "The new password is too short or too long", body = Problem),
+        (status = 429, description = "Too many bad tokens from this address", body = Problem),
+    ))]
+async fn confirm_password_reset(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<PasswordResetConfirmation>,
+) -> Result<StatusCode, AppError> {
+    let password = NewPassword::parse(body.password).map_err(|e| AppError::Validation(vec![e]))?;
+    state
+        .identity
+        .confirm_password_reset(&state.db, &body.token, password, peer.ip())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyEmailRequest {
+    /// The token of the verification email sent at registration.
+    token: String,
+}
+
+/// Confirm the account's email address with the token of its verification email; `/users/me`
+/// then shows `email_verified: true`.
+#[utoipa::path(post, path = "/auth/verify-email", tag = "identity",
+    request_body = VerifyEmailRequest,
+    responses(
+        (status = 204, description = "The email is verified"),
+        (status = 400, description = "The token is unknown, spent or expired", body = Problem),
+        (status = 429, description = "Too many bad tokens from this address", body = Problem),
+    ))]
+async fn verify_email(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<VerifyEmailRequest>,
+) -> Result<StatusCode, AppError> {
+    state
+        .identity
+        .verify_email(&state.db, &body.token, peer.ip())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,6 +3,7 @@
 //! happens (parse, don't validate).
 
 pub mod password;
+pub mod recovery;
 pub mod service;
 pub mod store;
 pub mod tokens;
@@ -160,6 +161,9 @@ pub struct User {
     pub name: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// Whether the account has confirmed its email address (`POST /auth/verify-email`, or a
+    /// password reset, which proves the same).
+    pub email_verified: bool,
 }
 
 #[cfg(test)]

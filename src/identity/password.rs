@@ -138,6 +138,8 @@ mod tests {
             argon2_iterations: t,
             argon2_parallelism: 1,
             hash_concurrency: 2,
+            password_reset_ttl_secs: 1800,
+            email_verification_ttl_secs: 172800,
         }
     }
 

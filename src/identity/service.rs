@@ -1,4 +1,5 @@
 //! The identity use cases: register, log in, rotate and revoke refresh tokens, change roles.
+//! Password resets and email verification are in [`super::recovery`].
 
 use chrono::Utc;
 use secrecy::SecretString;
@@ -8,10 +9,13 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::password::{Passwords, Verified};
-use super::tokens::{TokenKeys, hash_refresh_token, new_refresh_token};
+use super::recovery::{self, RecoveryLimits};
+use super::tokens::TokenKeys;
 use super::{Email, NewPassword, Role, User, UserName, store};
 use crate::config::Settings;
 use crate::error::{AppError, ResultExt};
+use crate::messaging::AccountEmailKind;
+use crate::opaque_token::{hash_opaque_token, new_opaque_token};
 
 /// Failed logins for one email are counted over this window.
 pub const LOGIN_FAILURE_WINDOW_SECS: i64 = 15 * 60;
@@ -36,6 +40,10 @@ pub struct Identity {
     pub tokens: TokenKeys,
     login_failures_limit: i64,
     throttle_logins: bool,
+    pub(super) password_reset_ttl: std::time::Duration,
+    pub(super) email_verification_ttl: std::time::Duration,
+    /// `None` when rate limits are off.
+    pub(super) recovery_limits: Option<RecoveryLimits>,
 }
 
 impl Identity {
@@ -45,6 +53,17 @@ impl Identity {
             tokens: TokenKeys::new(&settings.auth),
             login_failures_limit: i64::from(settings.rate_limit.login_failures_per_email),
             throttle_logins: settings.rate_limit.enabled,
+            password_reset_ttl: std::time::Duration::from_secs(
+                settings.auth.password_reset_ttl_secs,
+            ),
+            email_verification_ttl: std::time::Duration::from_secs(
+                settings.auth.email_verification_ttl_secs,
+            ),
+            recovery_limits: settings.rate_limit.enabled.then(|| RecoveryLimits {
+                requests_per_email: i64::from(settings.rate_limit.recovery_requests_per_email),
+                requests_per_ip: i64::from(settings.rate_limit.recovery_requests_per_ip),
+                bad_tokens_per_ip: i64::from(settings.rate_limit.bad_recovery_tokens_per_ip),
+            }),
         })
     }
 
@@ -61,11 +80,22 @@ impl Identity {
             .hash(password.into_secret())
             .await
             .map_err(anyhow::Error::new)?;
-        store::insert_user(db, &email, &name, &hash, role)
+        // The account and the email that asks to confirm its address commit together.
+        let mut tx = db.begin().await?;
+        let user = store::insert_user(&mut *tx, &email, &name, &hash, role)
             .await
             .on_constraint("users_email_key", |_| {
                 AppError::conflict("email-taken", "An account with this email already exists.")
-            })
+            })?;
+        recovery::issue(
+            &mut tx,
+            user.id,
+            AccountEmailKind::VerifyEmail,
+            self.email_verification_ttl,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(user)
     }
 
     pub async fn login(
@@ -118,7 +148,7 @@ impl Identity {
     /// Rotates a refresh token: the presented one is spent, a new one joins its family. A token
     /// that was already spent revokes the whole family.
     pub async fn refresh(&self, db: &PgPool, token: &str) -> Result<TokenPair, AppError> {
-        let hash = hash_refresh_token(token);
+        let hash = hash_opaque_token(token);
         let mut tx = db.begin().await?;
         let Some(spent) = store::spend_refresh_token(&mut *tx, &hash).await? else {
             tx.rollback().await?;
@@ -141,7 +171,7 @@ impl Identity {
     /// Revokes the family of `token` if it belongs to `user`. Unknown tokens are ignored, so
     /// logout is idempotent.
     pub async fn logout(&self, db: &PgPool, user: Uuid, token: &str) -> Result<(), AppError> {
-        store::revoke_family_of(db, &hash_refresh_token(token), user).await?;
+        store::revoke_family_of(db, &hash_opaque_token(token), user).await?;
         Ok(())
     }
 
@@ -187,7 +217,7 @@ impl Identity {
         family: Uuid,
         user: Uuid,
     ) -> Result<String, AppError> {
-        let token = new_refresh_token();
+        let token = new_opaque_token();
         let expires_at = Utc::now()
             + chrono::Duration::from_std(self.tokens.refresh_ttl).map_err(anyhow::Error::new)?;
         store::insert_refresh_token(db, family, user, &token.hash, expires_at).await?;

@@ -13,6 +13,7 @@ struct UserRow {
     name: String,
     role: Role,
     created_at: DateTime<Utc>,
+    email_verified: bool,
 }
 
 impl From<UserRow> for User {
@@ -23,6 +24,7 @@ impl From<UserRow> for User {
             name: row.name,
             role: row.role,
             created_at: row.created_at,
+            email_verified: row.email_verified,
         }
     }
 }
@@ -43,7 +45,8 @@ pub async fn insert_user(
     sqlx::query_as::<_, UserRow>(
         r#"INSERT INTO users (id, email, name, password_hash, role)
            VALUES ($1, $2, $3, $4, $5)
-           RETURNING id, email::text AS email, name, role, created_at"#,
+           RETURNING id, email::text AS email, name, role, created_at,
+                  email_verified_at IS NOT NULL AS email_verified"#,
     )
     .bind(Uuid::now_v7())
     .bind(email.as_str())
@@ -66,7 +69,8 @@ pub async fn find_credentials(
         password_hash: String,
     }
     let row = sqlx::query_as::<_, Row>(
-        r#"SELECT id, email::text AS email, name, role, created_at, password_hash
+        r#"SELECT id, email::text AS email, name, role, created_at,
+                  email_verified_at IS NOT NULL AS email_verified, password_hash
            FROM users WHERE email = $1::citext"#,
     )
     .bind(email)
@@ -80,7 +84,8 @@ pub async fn find_credentials(
 
 pub async fn find_user(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<User>, sqlx::Error> {
     sqlx::query_as::<_, UserRow>(
-        "SELECT id, email::text AS email, name, role, created_at FROM users WHERE id = $1",
+        "SELECT id, email::text AS email, name, role, created_at,
+                  email_verified_at IS NOT NULL AS email_verified FROM users WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db)
@@ -100,7 +105,8 @@ pub async fn list_users(
         total: i64,
     }
     let rows = sqlx::query_as::<_, Row>(
-        r#"SELECT id, email::text AS email, name, role, created_at, count(*) OVER () AS total
+        r#"SELECT id, email::text AS email, name, role, created_at,
+                  email_verified_at IS NOT NULL AS email_verified, count(*) OVER () AS total
            FROM users ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"#,
     )
     .bind(limit)
@@ -139,7 +145,8 @@ pub async fn update_role(
 ) -> Result<Option<User>, sqlx::Error> {
     sqlx::query_as::<_, UserRow>(
         r#"UPDATE users SET role = $2 WHERE id = $1
-           RETURNING id, email::text AS email, name, role, created_at"#,
+           RETURNING id, email::text AS email, name, role, created_at,
+                  email_verified_at IS NOT NULL AS email_verified"#,
     )
     .bind(id)
     .bind(role.as_str())

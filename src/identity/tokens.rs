@@ -1,17 +1,13 @@
 //! Access tokens (HS256 JWTs, RFC 8725 practices: one algorithm allow-listed, every claim required
-//! and checked, `typ` set apart from any other token) and opaque refresh tokens (256 random bits,
-//! stored only as SHA-256).
+//! and checked, `typ` set apart from any other token). Refresh tokens are opaque
+//! ([`crate::opaque_token`]).
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::RngCore;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::Role;
@@ -96,24 +92,6 @@ impl TokenKeys {
     }
 }
 
-/// A freshly minted refresh token: the value goes to the client once, the hash to the database.
-pub struct NewRefreshToken {
-    pub token: String,
-    pub hash: Vec<u8>,
-}
-
-pub fn new_refresh_token() -> NewRefreshToken {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = URL_SAFE_NO_PAD.encode(bytes);
-    let hash = hash_refresh_token(&token);
-    NewRefreshToken { token, hash }
-}
-
-pub fn hash_refresh_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +107,8 @@ mod tests {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             hash_concurrency: 1,
+            password_reset_ttl_secs: 1800,
+            email_verification_ttl_secs: 172800,
         })
     }
 
@@ -150,15 +130,5 @@ mod tests {
             .issue_access(Uuid::new_v4(), Role::Customer)
             .unwrap();
         assert!(keys(&"b".repeat(32)).verify_access(&token).is_err());
-    }
-
-    #[test]
-    fn refresh_tokens_are_256_bit_and_stored_hashed() {
-        let first = new_refresh_token();
-        let second = new_refresh_token();
-        assert_ne!(first.token, second.token);
-        assert_eq!(URL_SAFE_NO_PAD.decode(&first.token).unwrap().len(), 32);
-        assert_eq!(first.hash, hash_refresh_token(&first.token));
-        assert_eq!(first.hash.len(), 32);
     }
 }

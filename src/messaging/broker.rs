@@ -11,8 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::AmqpSettings;
 
-/// The routing keys of the email queue: every order event.
-pub const EMAIL_BINDING: &str = "order.*";
+/// The routing keys of the email queue: every order event and every account email.
+pub const EMAIL_BINDINGS: [&str; 2] = ["order.*", "account.*"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -58,7 +58,8 @@ impl Topology {
         within(self.timeout, connect).await
     }
 
-    /// Declares the exchange, the email queue (dead-lettering into the DLX) bound to `order.*`,
+    /// Declares the exchange, the email queue (dead-lettering into the DLX) bound to `order.*`
+    /// and `account.*`,
     /// and the dead-letter exchange and queue. All durable.
     pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
         let durable = ExchangeDeclareOptions {
@@ -112,15 +113,17 @@ impl Topology {
             channel
                 .queue_declare(self.email_queue.as_str().into(), queue, arguments)
                 .await?;
-            channel
-                .queue_bind(
-                    self.email_queue.as_str().into(),
-                    self.exchange.as_str().into(),
-                    EMAIL_BINDING.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            for binding in EMAIL_BINDINGS {
+                channel
+                    .queue_bind(
+                        self.email_queue.as_str().into(),
+                        self.exchange.as_str().into(),
+                        binding.into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
             Ok::<_, lapin::Error>(())
         };
         within(self.timeout, declare).await

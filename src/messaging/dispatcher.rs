@@ -1,9 +1,10 @@
-//! The email dispatcher: turns each order event into exactly one email. With RabbitMQ it consumes
+//! The email dispatcher: turns each order event, and each account token, into exactly one email. With RabbitMQ it consumes
 //! the email queue (manual acks, bounded prefetch) through a consumer task that hands deliveries
 //! to the actor; in memory mode the relay hands rows over directly. Either way a delivery is
 //! recorded under the unique `(order_id, kind)` in the transaction that is committed right after
 //! the send succeeds, and acknowledged only after that commit; an already recorded pair is
-//! acknowledged without sending. Transient failures are retried with backoff up to
+//! acknowledged without sending. An account email is recorded on its token's row instead, where
+//! the token's value is minted as it is sent (see [`DispatcherState::send_account_once`]). Transient failures are retried with backoff up to
 //! `email.max_attempts`, then dead-lettered; a malformed message is dead-lettered at once.
 
 use std::time::Duration;
@@ -18,9 +19,12 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::broker::{BrokerError, Topology};
-use super::email::{EmailError, EmailRenderer, Mailer};
-use super::outbox::{OrderEmail, OrderEmailKind, OutboxMessage};
+use super::email::{AccountMessage, EmailError, EmailRenderer, Mailer};
+use super::outbox::{
+    AccountEmail, AccountEmailKind, OrderEmail, OrderEmailKind, OutboxMessage, PasswordResetEmail,
+};
 use super::{Messaging, RetryPolicy, TaskGuard};
+use crate::opaque_token::new_opaque_token;
 
 pub enum DispatchMsg {
     /// A delivery from the email queue; `attempt` counts from 1.
@@ -52,6 +56,9 @@ enum Outcome {
     Sent,
     AlreadySent,
     NotAnEmail,
+    /// An account email that is no longer wanted: its token was spent or expired before it could
+    /// be sent, or its user was deleted.
+    Moot,
     Failed(EmailError),
 }
 
@@ -175,8 +182,15 @@ impl ShopActor for EmailDispatcher {
 }
 
 impl DispatcherState {
-    /// Sends the email of one message unless its `(order_id, kind)` was already sent.
+    /// Sends the email of one message unless its `(order_id, kind)` (or its account token) was
+    /// already sent.
     async fn deliver(&self, message_id: Uuid, topic: &str, payload: &[u8]) -> Outcome {
+        if let Some(kind) = AccountEmailKind::ALL
+            .into_iter()
+            .find(|kind| kind.topic() == topic)
+        {
+            return self.deliver_account(message_id, kind, payload).await;
+        }
         if ![
             OrderEmailKind::Paid,
             OrderEmailKind::Cancelled,
@@ -240,9 +254,182 @@ impl DispatcherState {
         Ok(true)
     }
 
+    async fn deliver_account(
+        &self,
+        message_id: Uuid,
+        kind: AccountEmailKind,
+        payload: &[u8],
+    ) -> Outcome {
+        let sent = match kind {
+            AccountEmailKind::VerifyEmail => {
+                match serde_json::from_slice::<AccountEmail>(payload) {
+                    Ok(email) => {
+                        self.send_account_once(message_id, kind, email.token_id)
+                            .await
+                    }
+                    Err(e) => Err(EmailError::Permanent(format!("payload: {e}"))),
+                }
+            }
+            AccountEmailKind::PasswordReset => {
+                match serde_json::from_slice::<PasswordResetEmail>(payload) {
+                    Ok(request) => self.send_reset_once(message_id, &request).await,
+                    Err(e) => Err(EmailError::Permanent(format!("payload: {e}"))),
+                }
+            }
+        };
+        let outcome = match sent {
+            Ok(outcome) => outcome,
+            Err(error) => return Outcome::Failed(error),
+        };
+        match outcome {
+            Outcome::Sent => {
+                metrics::counter!("emails_sent_total", "kind" => kind.as_str()).increment(1)
+            }
+            Outcome::AlreadySent => metrics::counter!("email_duplicates_total").increment(1),
+            Outcome::Moot => {
+                metrics::counter!("account_emails_moot_total", "kind" => kind.as_str())
+                    .increment(1);
+                tracing::info!(%message_id, kind = kind.as_str(), "account email not wanted (no such account, or its token spent or expired); not sent");
+            }
+            Outcome::NotAnEmail | Outcome::Failed(_) => {}
+        }
+        outcome
+    }
+
+    /// A password reset: the token row is written under the message's id (so a redelivery finds
+    /// it) in the transaction that sends it, and only if the email has an account.
+    async fn send_reset_once(
+        &self,
+        message_id: Uuid,
+        request: &PasswordResetEmail,
+    ) -> Result<Outcome, EmailError> {
+        let db = |e: sqlx::Error| EmailError::Transient(format!("database: {e}"));
+        let mut tx = self.db.begin().await.map_err(db)?;
+        let written = sqlx::query(
+            r#"
+            INSERT INTO account_tokens (id, user_id, purpose, expires_at)
+            SELECT $1, id, $3, $4 FROM users WHERE email = $2::citext
+            ON CONFLICT (id) DO NOTHING
+            "#,
+        )
+        .bind(message_id)
+        .bind(&request.email)
+        .bind(AccountEmailKind::PasswordReset)
+        .bind(request.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let known: bool = written.rows_affected() == 1
+            || sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM account_tokens WHERE id = $1)")
+                .bind(message_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        if !known {
+            return Ok(Outcome::Moot);
+        }
+        self.send_token_in(tx, message_id, AccountEmailKind::PasswordReset, message_id)
+            .await
+    }
+
+    /// Sends the email of one account token, minting the token's value as it goes: the row is
+    /// locked, the value's hash and `sent_at` are written, the email is sent, and only then is
+    /// the transaction committed. A concurrent duplicate waits on the row and then finds it sent;
+    /// a send that fails rolls the hash back; an email whose commit is lost carries a value that
+    /// was never stored, and its redelivery sends one that works. The value is never written
+    /// anywhere but the email.
+    async fn send_account_once(
+        &self,
+        message_id: Uuid,
+        kind: AccountEmailKind,
+        token_id: Uuid,
+    ) -> Result<Outcome, EmailError> {
+        let tx = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| EmailError::Transient(format!("database: {e}")))?;
+        self.send_token_in(tx, message_id, kind, token_id).await
+    }
+
+    async fn send_token_in(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        message_id: Uuid,
+        kind: AccountEmailKind,
+        token_id: Uuid,
+    ) -> Result<Outcome, EmailError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            purpose: AccountEmailKind,
+            expires_at: chrono::DateTime<chrono::Utc>,
+            sent: bool,
+            moot: bool,
+            email: String,
+            name: String,
+        }
+        let db = |e: sqlx::Error| EmailError::Transient(format!("database: {e}"));
+        let row: Option<Row> = sqlx::query_as(
+            r#"
+            SELECT t.purpose, t.expires_at, t.sent_at IS NOT NULL AS sent,
+                   (t.spent_at IS NOT NULL OR t.expires_at <= now()) AS moot,
+                   u.email::text AS email, u.name
+            FROM account_tokens t JOIN users u ON u.id = t.user_id
+            WHERE t.id = $1
+            FOR UPDATE OF t
+            "#,
+        )
+        .bind(token_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            // Deleted with its user (ON DELETE CASCADE): nobody to write to.
+            return Ok(Outcome::Moot);
+        };
+        if row.purpose != kind {
+            return Err(EmailError::Permanent(format!(
+                "token {token_id} is for {}, the message for {}",
+                row.purpose.as_str(),
+                kind.as_str()
+            )));
+        }
+        if row.sent {
+            return Ok(Outcome::AlreadySent);
+        }
+        if row.moot {
+            return Ok(Outcome::Moot);
+        }
+        let token = new_opaque_token();
+        sqlx::query("UPDATE account_tokens SET token_hash = $2, sent_at = now() WHERE id = $1")
+            .bind(token_id)
+            .bind(&token.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let message = self.renderer.account_message(
+            message_id,
+            &AccountMessage {
+                kind,
+                email: &row.email,
+                name: &row.name,
+                token: &token.token,
+                expires_at: row.expires_at,
+            },
+        )?;
+        self.mailer.send(message_id, &message).await?;
+        if let Err(e) = tx.commit().await {
+            tracing::error!(%message_id, error = %e, "account email sent but its token was not stored; a redelivery will send a new one");
+            return Err(db(e));
+        }
+        Ok(Outcome::Sent)
+    }
+
     fn verdict(&self, outcome: Outcome, attempt: u32) -> Verdict {
         match outcome {
-            Outcome::Sent | Outcome::AlreadySent | Outcome::NotAnEmail => Verdict::Settled,
+            Outcome::Sent | Outcome::AlreadySent | Outcome::NotAnEmail | Outcome::Moot => {
+                Verdict::Settled
+            }
             Outcome::Failed(EmailError::Transient(error)) if attempt < self.retry.max_attempts => {
                 metrics::counter!("email_send_failures_total").increment(1);
                 Verdict::Retry(self.retry.backoff(attempt), error)

@@ -1,5 +1,5 @@
-//! Order emails: rendering an [`OrderEmail`] as text and HTML (templates in `templates/email/`,
-//! HTML auto-escaped), money formatting from minor units, and the [`Mailer`] that sends them
+//! Emails: rendering an [`OrderEmail`], or an account email (a password-reset or verification
+//! link), as text and HTML (templates in `templates/email/`, HTML auto-escaped), money formatting from minor units, and the [`Mailer`] that sends them
 //! (SMTP through lettre, or `.eml` files in a folder).
 //!
 //! minijinja rather than `format!`: the HTML body loops over lines and branches on the kind, and a
@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::outbox::{OrderEmail, OrderEmailKind};
+use super::outbox::{AccountEmailKind, OrderEmail, OrderEmailKind};
 use crate::config::{EmailBackend, Settings};
 
 /// Why an email could not be built or sent.
@@ -31,11 +31,22 @@ pub enum EmailError {
     Permanent(String),
 }
 
-/// Renders order emails. Built once; templates are compiled at start, so a broken template fails
-/// the start, not the first order.
+/// Renders emails. Built once; templates are compiled at start, so a broken template fails the
+/// start, not the first order.
 pub struct EmailRenderer {
     env: Environment<'static>,
     from: Mailbox,
+    /// The storefront the account emails link to, without a trailing slash.
+    link_base_url: String,
+}
+
+/// An account email as it is sent: to whom, which kind, and the token minted for it.
+pub struct AccountMessage<'a> {
+    pub kind: AccountEmailKind,
+    pub email: &'a str,
+    pub name: &'a str,
+    pub token: &'a str,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A rendered email, ready to be sent.
@@ -46,8 +57,16 @@ pub struct RenderedEmail {
 }
 
 impl EmailRenderer {
-    pub fn new(from: &str) -> anyhow::Result<Self> {
+    pub fn new(from: &str, link_base_url: &str) -> anyhow::Result<Self> {
         let mut env = Environment::new();
+        env.add_template(
+            "account.txt",
+            include_str!("../../templates/email/account.txt"),
+        )?;
+        env.add_template(
+            "account.html",
+            include_str!("../../templates/email/account.html"),
+        )?;
         // The default callback escapes templates whose name ends in .html, and nothing else.
         env.add_template("order.txt", include_str!("../../templates/email/order.txt"))?;
         env.add_template(
@@ -57,7 +76,25 @@ impl EmailRenderer {
         let from = from
             .parse()
             .map_err(|e| anyhow::anyhow!("email.from {from:?} is not an address: {e}"))?;
-        Ok(Self { env, from })
+        let link_base_url = link_base_url.trim_end_matches('/').to_owned();
+        let uri: axum::http::Uri = link_base_url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("email.link_base_url {link_base_url:?}: {e}"))?;
+        // No character HTML would need escaped, so the links can go into an href as they are.
+        if !matches!(uri.scheme_str(), Some("http" | "https"))
+            || uri.query().is_some()
+            || link_base_url.contains(['"', '\'', '<', '>', '&'])
+        {
+            anyhow::bail!(
+                "email.link_base_url {link_base_url:?} must be an http(s) address without a query \
+                 or any of \" ' < > &"
+            );
+        }
+        Ok(Self {
+            env,
+            from,
+            link_base_url,
+        })
     }
 
     pub fn render(&self, email: &OrderEmail) -> Result<RenderedEmail, EmailError> {
@@ -100,28 +137,85 @@ impl EmailRenderer {
             total => money(email.total),
             address => Serde(&email.shipping_address),
         };
-        let render = |name: &str| {
+        self.render_pair("order", subject, ctx)
+    }
+
+    /// Renders `{name}.txt` and `{name}.html` with `ctx`.
+    fn render_pair(
+        &self,
+        name: &str,
+        subject: String,
+        ctx: minijinja::Value,
+    ) -> Result<RenderedEmail, EmailError> {
+        let render = |file: String| {
             self.env
-                .get_template(name)
+                .get_template(&file)
                 .and_then(|template| template.render(&ctx))
-                .map_err(|e| EmailError::Permanent(format!("rendering {name}: {e}")))
+                .map_err(|e| EmailError::Permanent(format!("rendering {file}: {e}")))
         };
         Ok(RenderedEmail {
-            text: render("order.txt")?,
-            html: render("order.html")?,
+            text: render(format!("{name}.txt"))?,
+            html: render(format!("{name}.html"))?,
             subject,
         })
+    }
+
+    pub fn render_account(&self, email: &AccountMessage<'_>) -> Result<RenderedEmail, EmailError> {
+        let (subject, page) = match email.kind {
+            AccountEmailKind::PasswordReset => ("Reset your password", "reset-password"),
+            AccountEmailKind::VerifyEmail => ("Confirm your email address", "verify-email"),
+        };
+        // The token is URL-safe base64 and the base has no character HTML escapes (checked in
+        // `new`): the link is safe in an href as it is, where escaping would turn each `/` into
+        // `&#x2f;`.
+        let link = minijinja::Value::from_safe_string(format!(
+            "{}/{page}?token={}",
+            self.link_base_url, email.token
+        ));
+        let ctx = context! {
+            subject => subject,
+            kind => email.kind.as_str(),
+            name => email.name,
+            link => link,
+            token => email.token,
+            expires_at => email.expires_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        };
+        self.render_pair("account", subject.to_owned(), ctx)
+    }
+
+    /// The MIME message of an account email.
+    pub fn account_message(
+        &self,
+        message_id: Uuid,
+        email: &AccountMessage<'_>,
+    ) -> Result<Message, EmailError> {
+        let rendered = self.render_account(email)?;
+        self.envelope(message_id, email.name, email.email, rendered)
     }
 
     /// The MIME message for `email`, with `message_id` as its Message-ID (so a resend is
     /// recognisable in the customer's mailbox too).
     pub fn message(&self, message_id: Uuid, email: &OrderEmail) -> Result<Message, EmailError> {
         let rendered = self.render(email)?;
-        let address = email
-            .customer_email
+        self.envelope(
+            message_id,
+            &email.customer_name,
+            &email.customer_email,
+            rendered,
+        )
+    }
+
+    fn envelope(
+        &self,
+        message_id: Uuid,
+        name: &str,
+        address: &str,
+        rendered: RenderedEmail,
+    ) -> Result<Message, EmailError> {
+        let address = address
             .parse()
-            .map_err(|e| EmailError::Permanent(format!("customer_email is not an address: {e}")))?;
-        let to = Mailbox::new(Some(email.customer_name.clone()), address);
+            .map_err(|e| EmailError::Permanent(format!("{address:?} is not an address: {e}")))?;
+        let to = Mailbox::new(Some(name.to_owned()), address);
         Message::builder()
             .message_id(Some(format!("<{message_id}@shop.localhost>")))
             .from(self.from.clone())
@@ -252,7 +346,8 @@ mod tests {
 
     #[test]
     fn html_is_escaped_and_text_is_not() {
-        let renderer = EmailRenderer::new("Shop <orders@shop.localhost>").unwrap();
+        let renderer =
+            EmailRenderer::new("Shop <orders@shop.localhost>", "https://shop.example").unwrap();
         let email = OrderEmail {
             order_id: Uuid::nil(),
             order_number: "SO-1".into(),
@@ -286,5 +381,38 @@ mod tests {
         assert!(rendered.text.contains("2 x Mug <script>"));
         assert!(rendered.text.contains("Total:    $25.00"));
         assert!(rendered.html.contains("$12.50"));
+    }
+
+    #[test]
+    fn account_emails_link_to_the_storefront_page_of_their_kind_and_escape_the_name() {
+        let renderer =
+            EmailRenderer::new("Shop <orders@shop.localhost>", "https://shop.example/").unwrap();
+        let email = |kind| AccountMessage {
+            kind,
+            email: "a@example.com",
+            name: "Ann <b>",
+            token: "abc-_123",
+            expires_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        };
+        let reset = renderer
+            .render_account(&email(AccountEmailKind::PasswordReset))
+            .unwrap();
+        assert_eq!(reset.subject, "Reset your password");
+        assert!(
+            reset
+                .text
+                .contains("https://shop.example/reset-password?token=abc-_123")
+        );
+        assert!(reset.text.contains("until 2027-01-15 08:00 UTC"));
+        assert!(reset.html.contains("Ann &lt;b&gt;"));
+        let verify = renderer
+            .render_account(&email(AccountEmailKind::VerifyEmail))
+            .unwrap();
+        assert_eq!(verify.subject, "Confirm your email address");
+        assert!(
+            verify
+                .html
+                .contains(r#"href="https://shop.example/verify-email?token=abc-_123""#)
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Messages that leave the process: the transactional outbox, the relay that publishes it (to
 //! RabbitMQ with publisher confirms, or straight to the dispatcher in memory mode), and the email
-//! dispatcher that turns order events into exactly one email each.
+//! dispatcher that turns order events and account tokens into exactly one email each.
 //!
 //! ```text
 //! producer tx ──enqueue──▶ outbox ──NOTIFY/poll──▶ OutboxRelay ──confirm──▶ exchange ──order.*──▶ email queue
@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use dispatcher::{DispatchMsg, EmailDispatcher};
-pub use outbox::{OrderEmail, OrderEmailKind, OrderEmailLine, ShippingAddress, enqueue};
+pub use outbox::{
+    AccountEmail, AccountEmailKind, OrderEmail, OrderEmailKind, OrderEmailLine, PasswordResetEmail,
+    ShippingAddress, enqueue,
+};
 pub use relay::{OutboxRelay, RelayMsg};
 
 use crate::config::{JobsBackend, Settings};
@@ -40,7 +43,10 @@ impl Messaging {
         Ok(Self {
             broker: (settings.jobs.backend == JobsBackend::Rabbitmq)
                 .then(|| Topology::from_settings(&settings.amqp)),
-            renderer: Arc::new(EmailRenderer::new(&settings.email.from)?),
+            renderer: Arc::new(EmailRenderer::new(
+                &settings.email.from,
+                &settings.email.link_base_url,
+            )?),
             mailer: Mailer::from_settings(settings)?,
             retry: RetryPolicy {
                 max_attempts: settings.email.max_attempts.max(1),

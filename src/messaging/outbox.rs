@@ -113,6 +113,54 @@ pub struct ShippingAddress {
     pub country: String,
 }
 
+/// Which account email a token asks for; also the purpose of the token (`account_tokens.purpose`).
+/// The routing key is `account.{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum AccountEmailKind {
+    PasswordReset,
+    VerifyEmail,
+}
+
+impl AccountEmailKind {
+    pub const ALL: [Self; 2] = [Self::PasswordReset, Self::VerifyEmail];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PasswordReset => "password_reset",
+            Self::VerifyEmail => "verify_email",
+        }
+    }
+
+    /// The outbox topic (AMQP routing key) of this kind of email.
+    pub fn topic(self) -> &'static str {
+        match self {
+            Self::PasswordReset => "account.password_reset",
+            Self::VerifyEmail => "account.verify_email",
+        }
+    }
+}
+
+/// The verification email of an account: only the id of its `account_tokens` row. The token's
+/// value is minted by the email dispatcher when it sends, so neither the outbox nor the broker
+/// ever carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEmail {
+    pub token_id: Uuid,
+}
+
+/// A password-reset request, as it was asked for: the email, whether or not it has an account
+/// (the request does the same work either way). The dispatcher looks the account up, writes its
+/// token row under this message's id, and sends; for an email without an account it sends
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordResetEmail {
+    pub email: String,
+    /// When the token stops working: the request's time plus `auth.password_reset_ttl_secs`.
+    pub expires_at: DateTime<Utc>,
+}
+
 /// One outbox row on its way out.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxMessage {

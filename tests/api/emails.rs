@@ -91,7 +91,7 @@ async fn broker_channel() -> (Connection, Channel) {
 }
 
 /// Deletes the test's exchanges and queues (they are durable, so nothing else would).
-async fn delete_topology(settings: &Settings) {
+pub(crate) async fn delete_topology(settings: &Settings) {
     let (connection, channel) = broker_channel().await;
     let amqp = &settings.amqp;
     for queue in [&amqp.email_queue, &amqp.dead_letter_queue] {
@@ -574,7 +574,8 @@ async fn paying_an_order_sends_one_confirmation_and_cancelling_one_notice() {
         .await;
     assert_eq!(response.status(), 200);
 
-    let received = sink.wait_for(&customer.email, 2).await;
+    // The verification email of the registration, the confirmation and the notice.
+    let received = sink.wait_for(&customer.email, 3).await;
     let about = |order: &serde_json::Value| {
         let number = order["number"].as_str().unwrap().to_owned();
         received
@@ -593,6 +594,6 @@ async fn paying_an_order_sends_one_confirmation_and_cancelling_one_notice() {
     // Nothing more arrives for these orders (each email once).
     let paid_uuid: Uuid = paid_id.parse().unwrap();
     assert_eq!(deliveries(&app, paid_uuid).await, 1);
-    assert_eq!(sink.messages_to(&customer.email).await.len(), 2);
+    assert_eq!(sink.messages_to(&customer.email).await.len(), 3);
     delete_topology(&app.state.settings).await;
 }

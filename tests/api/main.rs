@@ -31,4 +31,5 @@ mod platform;
 mod promotions;
 mod promotions_checkout;
 mod rate_limits;
+mod recovery;
 mod supervision;
