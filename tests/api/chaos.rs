@@ -596,7 +596,19 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
         .filter_map(Result::ok)
         .filter(|f| f.path().extension().is_some_and(|e| e == "eml"))
         .count();
-    assert_eq!(files as i64, sent, "no email written twice");
+    // Besides the order emails, each account's verification email.
+    let account_emails =
+        scalar("SELECT count(*) FROM account_tokens WHERE sent_at IS NOT NULL").await;
+    let accounts = scalar("SELECT count(*) FROM users").await;
+    assert_eq!(
+        account_emails, accounts,
+        "one verification email per account"
+    );
+    assert_eq!(
+        files as i64,
+        sent + account_emails,
+        "no email written twice"
+    );
     let kinds: HashSet<(Uuid, String)> =
         sqlx::query_as::<_, (Uuid, String)>("SELECT order_id, kind FROM email_deliveries")
             .fetch_all(&db)

@@ -729,6 +729,17 @@ async fn a_lease_lost_mid_burst_sells_every_unit_once_and_strands_no_hold() {
     assert!((1..=UNITS).contains(&placed), "{statuses:?}");
 
     // The old owner was fenced out of a write and stopped; the standby owns every partition.
+    // Should every write of the burst have landed before the cut (a loaded machine), one more
+    // write sent to the old owner meets the fence: it is refused, or the owner is already gone.
+    let poke = client
+        .post(format!("{}/api/v1/cart/items", owner.address))
+        .bearer_auth(&buyers[0])
+        .json(&item)
+        .send()
+        .await;
+    if let Ok(response) = poke {
+        assert_eq!(response.status(), 503, "a write on the deposed owner");
+    }
     let error = owner
         .exited(Duration::from_secs(15))
         .await
