@@ -7,9 +7,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::ProductStatus;
+use super::facets::{self, Facet, Facets};
 use super::products::{PRODUCT_SELECT, Product, ProductRow, attach_images};
 use crate::error::{AppError, FieldError};
-use crate::http::pagination::{PageParams, Paged};
+use crate::http::pagination::PageParams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +48,11 @@ pub struct ProductQuery {
     /// Admins only; customers always see active products.
     pub status: Option<ProductStatus>,
     pub sort: Option<Sort>,
+    /// Comma-separated: `category`, `brand`, `price`, `in_stock`. Adds `facets` beside the page:
+    /// for each, how many products each of its values would leave, counted over the products
+    /// the other filters select.
+    #[param(max_length = 200, pattern = r"^(category|brand|price|in_stock)(,(category|brand|price|in_stock))*$")]
+    pub facets: Option<String>,
     /// 1-based page number (default 1; 0 is read as 1).
     #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
     pub page: Option<u32>,
@@ -63,18 +69,22 @@ impl ProductQuery {
         }
     }
 
-    /// Refuses a text filter longer than the document allows.
+    /// Refuses a text filter longer than the document allows, and an unknown facet.
     pub fn check(&self) -> Result<(), AppError> {
-        let errors: Vec<FieldError> = [
+        let mut errors: Vec<FieldError> = [
             ("q", &self.q, 200),
             ("category", &self.category, 200),
             ("brand", &self.brand, 200),
             ("tags", &self.tags, 1_600),
+            ("facets", &self.facets, 200),
         ]
         .into_iter()
         .filter(|(_, value, max)| value.as_ref().is_some_and(|v| v.chars().count() > *max))
         .map(|(field, _, max)| FieldError::new(field, format!("must be at most {max} characters")))
         .collect();
+        if let Some(Err(error)) = self.facets.as_deref().map(Facet::parse_list) {
+            errors.push(error);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -100,6 +110,16 @@ impl ProductQuery {
             tags.dedup();
             tags.join(",")
         });
+        // One spelling per set of facets, for the cache key. Checked before (`check`); `search`
+        // parses it again, so a list that does not parse is kept as it is, to be refused there.
+        self.facets = self.facets.map(|raw| match Facet::parse_list(&raw) {
+            Ok(facets) => facets
+                .iter()
+                .map(|facet| facet.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            Err(_) => raw,
+        });
         let page = self.page_params();
         self.page = Some(page.page());
         self.per_page = Some(page.per_page());
@@ -114,11 +134,35 @@ impl ProductQuery {
     }
 }
 
-fn push_filters(
+/// The category filter once its id or slug is looked up.
+#[derive(Debug, Clone, Copy)]
+pub enum CategoryFilter {
+    Any,
+    /// The category and its descendants.
+    Within(Uuid),
+    /// An id or slug no category has: nothing matches.
+    Unknown,
+}
+
+/// One page of products and, when asked for, the facet counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductPage {
+    pub items: Vec<Product>,
+    pub page: u32,
+    pub per_page: u32,
+    pub total: i64,
+    /// Present when `facets` was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facets: Option<Facets>,
+}
+
+/// The WHERE clause of `query`'s filters over `products p`, with the category already resolved
+/// (`category`; `query.category` is not read).
+pub(super) fn push_filters(
     builder: &mut QueryBuilder<Postgres>,
     query: &ProductQuery,
     admin: bool,
-    category: Option<Uuid>,
+    category: CategoryFilter,
 ) {
     builder.push(" WHERE true");
     match (admin, query.status) {
@@ -140,7 +184,10 @@ fn push_filters(
             .push_bind(q)
             .push(" <% p.name)");
     }
-    if let Some(category) = category {
+    if let CategoryFilter::Unknown = category {
+        builder.push(" AND false");
+    }
+    if let CategoryFilter::Within(category) = category {
         builder
             .push(
                 " AND p.category_id IN (WITH RECURSIVE tree AS (
@@ -193,21 +240,52 @@ fn push_order(builder: &mut QueryBuilder<Postgres>, query: &ProductQuery) {
     builder.push(order);
 }
 
-/// One page of products matching `query` (already [`ProductQuery::normalized`]).
+/// One page of products matching `query` (already [`ProductQuery::normalized`]), with the facet
+/// counts it asks for.
 pub async fn search(
     db: &PgPool,
     query: &ProductQuery,
     admin: bool,
-) -> Result<Paged<Product>, AppError> {
-    let page = query.page_params();
+) -> Result<ProductPage, AppError> {
     let category = match &query.category {
         Some(key) => match super::categories::find(db, key).await? {
-            Some(category) => Some(category.id),
-            // An unknown category matches nothing.
-            None => return Ok(page.wrap(Vec::new(), 0)),
+            Some(category) => CategoryFilter::Within(category.id),
+            None => CategoryFilter::Unknown,
         },
-        None => None,
+        None => CategoryFilter::Any,
     };
+    let asked = match query.facets.as_deref() {
+        Some(raw) => Facet::parse_list(raw).map_err(|error| AppError::Validation(vec![error]))?,
+        None => Vec::new(),
+    };
+    let (page, facets) = tokio::try_join!(page(db, query, admin, category), async {
+        match asked.is_empty() {
+            true => Ok(None),
+            false => facets::count(db, query, admin, category, &asked)
+                .await
+                .map(Some),
+        }
+    })?;
+    Ok(ProductPage { facets, ..page })
+}
+
+async fn page(
+    db: &PgPool,
+    query: &ProductQuery,
+    admin: bool,
+    category: CategoryFilter,
+) -> Result<ProductPage, AppError> {
+    let page = query.page_params();
+    let empty = |total| ProductPage {
+        items: Vec::new(),
+        page: page.page(),
+        per_page: page.per_page(),
+        total,
+        facets: None,
+    };
+    if let CategoryFilter::Unknown = category {
+        return Ok(empty(0));
+    }
 
     let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM products p");
     push_filters(&mut count, query, admin, category);
@@ -227,5 +305,8 @@ pub async fn search(
         .map(|row| row.into_product(admin))
         .collect();
     attach_images(db, &mut products).await?;
-    Ok(page.wrap(products, total))
+    Ok(ProductPage {
+        items: products,
+        ..empty(total)
+    })
 }

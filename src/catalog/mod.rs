@@ -2,6 +2,7 @@
 //! component variants, and the searchable, cached listing.
 
 pub mod categories;
+pub mod facets;
 pub mod listing;
 pub mod products;
 pub mod seed;

@@ -15,14 +15,13 @@ use crate::cache::Scope;
 use crate::catalog::categories::{
     self, Category, CategoryChanges, CategoryWithChildren, NewCategory,
 };
-use crate::catalog::listing::{self, ProductQuery};
+use crate::catalog::listing::{self, ProductPage, ProductQuery};
 use crate::catalog::products::{
     self, NewProduct, NewVariant, Product, ProductChanges, Variant, VariantChanges,
 };
 use crate::error::{AppError, Problem};
 use crate::http::auth::{AdminUser, MaybeAuthUser};
 use crate::http::extract::{Json, Path, Query};
-use crate::http::pagination::Paged;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -125,7 +124,8 @@ async fn delete_category(
 /// are cached for `cache.listing_ttl_secs` (stock in a listing may lag by that much).
 #[utoipa::path(get, path = "/products", tag = "catalog",
     params(ProductQuery),
-    responses((status = 200, body = Paged<Product>), (status = 400, body = Problem)))]
+    responses((status = 200, body = ProductPage), (status = 400, body = Problem),
+              (status = 422, description = "A text filter too long, or an unknown facet", body = Problem)))]
 async fn list_products(
     State(state): State<AppState>,
     viewer: MaybeAuthUser,

@@ -694,3 +694,182 @@ async fn an_unknown_kind_or_status_in_the_database_is_an_error_not_a_default() {
         .await;
     assert_problem(listing, 500).await;
 }
+
+/// `(name or value or min, count)` of one facet's entries, in the order served.
+fn facet_counts(page: &Value, facet: &str, key: &str) -> Vec<(Value, i64)> {
+    page["facets"][facet]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {facet} facet in {page}"))
+        .iter()
+        .map(|entry| (entry[key].clone(), entry["count"].as_i64().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn facets_count_each_filter_over_what_the_other_filters_select() {
+    let shop = Shop::open().await;
+    let audio = shop.category("Audio", None).await;
+    let headphones = shop.category("Headphones", Some(&audio)).await;
+    let kitchen = shop.category("Kitchen", None).await;
+    shop.category("Empty", None).await;
+    let products = [
+        // name, price, stock, category, brand
+        ("Wireless Headphones", 9_900, 5, &headphones, "Sonic"),
+        ("Wired Headphones", 2_900, 0, &headphones, "sonic"),
+        ("Studio Speaker", 19_900, 0, &audio, "Sonic"),
+        ("Chef Knife", 4_900, 12, &kitchen, "Blade"),
+        ("Cutting Board", 2_900, 7, &kitchen, "Blade"),
+        ("Tea Towel", 900, 3, &kitchen, "Linen & Co"),
+    ];
+    for (i, (name, price, stock, category, brand)) in products.into_iter().enumerate() {
+        shop.simple(
+            name,
+            &format!("FCT-{i}"),
+            price,
+            stock,
+            json!({"category_id": category["id"], "brand": brand}),
+        )
+        .await;
+    }
+    // Not for customers, so never counted.
+    shop.product(json!({"name": "Draft Kettle", "sku": "FCT-D", "price": 3_000, "stock": 1,
+        "category_id": kitchen["id"], "brand": "Blade", "status": "draft"}))
+        .await;
+
+    let all = shop
+        .list("facets=category,brand,price,in_stock&per_page=1")
+        .await;
+    assert_eq!(all["total"], 6);
+    assert_eq!(all["items"].as_array().unwrap().len(), 1, "the page is still a page");
+    // Audio counts its subcategory's products: 2 headphones + the speaker.
+    assert_eq!(
+        facet_counts(&all, "category", "name"),
+        [
+            (json!("Audio"), 3),
+            (json!("Kitchen"), 3),
+            (json!("Headphones"), 2)
+        ]
+    );
+    assert_eq!(
+        all["facets"]["category"][0]["slug"], "audio",
+        "with the slug to filter by"
+    );
+    assert_eq!(
+        all["facets"]["category"][2]["parent_id"],
+        audio["id"],
+        "and the parent to place it"
+    );
+    // Brands in any case, under the spelling most products use.
+    assert_eq!(
+        facet_counts(&all, "brand", "value"),
+        [
+            (json!("Sonic"), 3),
+            (json!("Blade"), 2),
+            (json!("Linen & Co"), 1)
+        ]
+    );
+    // By the cheapest variant, in buckets whose bounds are inclusive filter values.
+    assert_eq!(
+        facet_counts(&all, "price", "min"),
+        [
+            (json!(0), 1),
+            (json!(1_000), 0),
+            (json!(2_500), 3),
+            (json!(5_000), 1),
+            (json!(10_000), 1),
+            (json!(25_000), 0),
+            (json!(50_000), 0),
+            (json!(100_000), 0)
+        ]
+    );
+    assert_eq!(all["facets"]["price"][2]["max"], 4_999);
+    assert!(all["facets"]["price"][7].get("max").is_none());
+    assert_eq!(all["facets"]["in_stock"]["count"], 4);
+
+    // A brand picked: the brand facet still shows every brand; the others count only Sonic.
+    let sonic = shop
+        .list("brand=sonic&facets=category,brand,price,in_stock")
+        .await;
+    assert_eq!(sonic["total"], 3);
+    assert_eq!(
+        facet_counts(&sonic, "brand", "value"),
+        facet_counts(&all, "brand", "value")
+    );
+    assert_eq!(
+        facet_counts(&sonic, "category", "name"),
+        [(json!("Audio"), 3), (json!("Headphones"), 2)]
+    );
+    assert_eq!(sonic["facets"]["in_stock"]["count"], 1);
+    let sonic_prices: Vec<i64> = facet_counts(&sonic, "price", "min")
+        .into_iter()
+        .map(|(_, count)| count)
+        .collect();
+    assert_eq!(sonic_prices, [0, 0, 1, 1, 1, 0, 0, 0]);
+
+    // A category and in_stock picked: categories counted over what is in stock, in_stock over
+    // the category.
+    let in_audio = shop
+        .list("category=audio&in_stock=true&facets=in_stock,category,brand")
+        .await;
+    assert_eq!(in_audio["total"], 1);
+    assert_eq!(
+        facet_counts(&in_audio, "category", "name"),
+        [
+            (json!("Kitchen"), 3),
+            (json!("Audio"), 1),
+            (json!("Headphones"), 1)
+        ]
+    );
+    assert_eq!(in_audio["facets"]["in_stock"]["count"], 1);
+    assert_eq!(
+        facet_counts(&in_audio, "brand", "value"),
+        [(json!("Sonic"), 1)]
+    );
+    assert!(in_audio["facets"].get("price").is_none(), "not asked for");
+
+    // A price range picked: the price facet ignores it.
+    let mid = shop
+        .list("min_price=2500&max_price=4999&facets=price,brand")
+        .await;
+    assert_eq!(mid["total"], 3);
+    assert_eq!(
+        facet_counts(&mid, "price", "min"),
+        facet_counts(&all, "price", "min")
+    );
+    assert_eq!(
+        facet_counts(&mid, "brand", "value"),
+        [(json!("Blade"), 2), (json!("sonic"), 1)]
+    );
+
+    // An unknown category selects nothing, but its own facet still counts the rest.
+    let unknown = shop.list("category=nope&facets=category,brand").await;
+    assert_eq!(unknown["total"], 0);
+    assert_eq!(
+        facet_counts(&unknown, "category", "name"),
+        facet_counts(&all, "category", "name")
+    );
+    assert_eq!(facet_counts(&unknown, "brand", "value"), []);
+
+    // No facets asked for: no `facets` at all.
+    assert!(shop.list("brand=sonic").await.get("facets").is_none());
+    let refused = shop.app.get("/api/v1/products?facets=brand,colour").await;
+    let problem = assert_problem(refused, 422).await;
+    assert_eq!(problem["errors"][0]["field"], "facets");
+
+    // Counts are cached with the listing and follow a catalog edit.
+    let towel = shop.list("q=towel").await["items"][0]["id"].clone();
+    let patched = shop
+        .patch(
+            &format!("/api/v1/products/{}", towel.as_str().unwrap()),
+            json!({"brand": "Blade"}),
+        )
+        .await;
+    assert_eq!(patched.status(), 200);
+    let edited = shop
+        .list("facets=category,brand,price,in_stock&per_page=1")
+        .await;
+    assert_eq!(
+        facet_counts(&edited, "brand", "value"),
+        [(json!("Blade"), 3), (json!("Sonic"), 3)]
+    );
+}
