@@ -51,7 +51,10 @@ pub struct ProductQuery {
     /// Comma-separated: `category`, `brand`, `price`, `in_stock`. Adds `facets` beside the page:
     /// for each, how many products each of its values would leave, counted over the products
     /// the other filters select.
-    #[param(max_length = 200, pattern = r"^(category|brand|price|in_stock)(,(category|brand|price|in_stock))*$")]
+    #[param(
+        max_length = 200,
+        pattern = r"^(category|brand|price|in_stock)(,(category|brand|price|in_stock))*$"
+    )]
     pub facets: Option<String>,
     /// 1-based page number (default 1; 0 is read as 1).
     #[param(value_type = Option<i64>, minimum = 0, maximum = 4_294_967_295_i64)]
@@ -216,7 +219,19 @@ pub(super) fn push_filters(
         builder.push(" AND p.price_min <= ").push_bind(max);
     }
     if query.in_stock == Some(true) {
-        builder.push(" AND product_available(p.id, p.type) > 0");
+        // `product_available(p.id, p.type) > 0`, set-based: the products with a live variant
+        // that has more on hand than held, found once and hashed, instead of the function's two
+        // lookups per product (5 s, past the statement timeout, to count 100k products; 83 ms
+        // this way). Bundles, which depend on their components, keep the function.
+        builder.push(
+            " AND ((p.type = 'bundle' AND product_available(p.id, p.type) > 0)
+               OR (p.type <> 'bundle' AND p.status <> 'archived' AND p.id IN (
+                   SELECT v.product_id FROM product_variants v
+                   LEFT JOIN (SELECT r.variant_id, sum(r.quantity) AS held
+                              FROM stock_reservations r WHERE r.status = 'held'
+                              GROUP BY r.variant_id) h ON h.variant_id = v.id
+                   WHERE v.archived_at IS NULL AND v.stock > coalesce(h.held, 0))))",
+        );
     }
 }
 

@@ -732,15 +732,21 @@ async fn facets_count_each_filter_over_what_the_other_filters_select() {
         .await;
     }
     // Not for customers, so never counted.
-    shop.product(json!({"name": "Draft Kettle", "sku": "FCT-D", "price": 3_000, "stock": 1,
-        "category_id": kitchen["id"], "brand": "Blade", "status": "draft"}))
-        .await;
+    shop.product(
+        json!({"name": "Draft Kettle", "sku": "FCT-D", "price": 3_000, "stock": 1,
+        "category_id": kitchen["id"], "brand": "Blade", "status": "draft"}),
+    )
+    .await;
 
     let all = shop
         .list("facets=category,brand,price,in_stock&per_page=1")
         .await;
     assert_eq!(all["total"], 6);
-    assert_eq!(all["items"].as_array().unwrap().len(), 1, "the page is still a page");
+    assert_eq!(
+        all["items"].as_array().unwrap().len(),
+        1,
+        "the page is still a page"
+    );
     // Audio counts its subcategory's products: 2 headphones + the speaker.
     assert_eq!(
         facet_counts(&all, "category", "name"),
@@ -755,8 +761,7 @@ async fn facets_count_each_filter_over_what_the_other_filters_select() {
         "with the slug to filter by"
     );
     assert_eq!(
-        all["facets"]["category"][2]["parent_id"],
-        audio["id"],
+        all["facets"]["category"][2]["parent_id"], audio["id"],
         "and the parent to place it"
     );
     // Brands in any case, under the spelling most products use.
@@ -872,4 +877,66 @@ async fn facets_count_each_filter_over_what_the_other_filters_select() {
         facet_counts(&edited, "brand", "value"),
         [(json!("Blade"), 3), (json!("Sonic"), 3)]
     );
+}
+
+#[tokio::test]
+async fn in_stock_means_sellable_now_net_of_holds_and_for_a_bundle_by_its_components() {
+    let shop = Shop::open().await;
+    let last = shop
+        .simple("Last Lamp", "LAMP-1", 4_000, 1, json!({}))
+        .await;
+    shop.simple("Plenty Lamp", "LAMP-9", 4_000, 9, json!({}))
+        .await;
+    let none = shop
+        .simple("Gone Lamp", "LAMP-0", 4_000, 0, json!({}))
+        .await;
+    shop.product(json!({"type": "bundle", "name": "Lamp Pair", "sku": "PAIR", "price": 7_000,
+        "status": "active", "components": [{"variant_id": last["variants"][0]["id"], "quantity": 1}]}))
+        .await;
+    shop.product(json!({"type": "bundle", "name": "Empty Pair", "sku": "EMPTY", "price": 7_000,
+        "status": "active", "components": [{"variant_id": none["variants"][0]["id"], "quantity": 1}]}))
+        .await;
+    // Admin listings are never cached: stock movements show at once.
+    let in_stock = async || {
+        let response = shop
+            .app
+            .get_as(
+                &shop.admin.access_token,
+                "/api/v1/products?status=active&in_stock=true&sort=name&facets=in_stock",
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.unwrap();
+        let names: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(page["facets"]["in_stock"]["count"], names.len());
+        names
+    };
+    assert_eq!(in_stock().await, ["Lamp Pair", "Last Lamp", "Plenty Lamp"]);
+
+    // The last lamp held by a pending order: neither it nor the bundle made of it can be sold.
+    let customer = shop.app.login_as_customer().await;
+    let added = shop
+        .app
+        .post_json_as(
+            &customer.access_token,
+            "/api/v1/cart/items",
+            &json!({"variant_id": last["variants"][0]["id"], "quantity": 1}),
+        )
+        .await;
+    assert_eq!(added.status(), 200);
+    let order = shop
+        .app
+        .post_json_as(
+            &customer.access_token,
+            "/api/v1/orders",
+            &crate::orders::address(),
+        )
+        .await;
+    assert_eq!(order.status(), 201);
+    assert_eq!(in_stock().await, ["Plenty Lamp"]);
 }
