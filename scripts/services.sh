@@ -241,6 +241,13 @@ ensure_promtool() {
   fi
 }
 
+# Node.js and npm (Debian's packages), for the generated TypeScript client (clients/typescript).
+ensure_node() {
+  command -v node >/dev/null && command -v npm >/dev/null && return 0
+  apt_has nodejs || { say "no nodejs package in Debian's lists"; return 1; }
+  apt_install --no-install-recommends nodejs npm
+}
+
 # docker-compose (Debian's package), which validates the compose file without a Docker engine.
 ensure_docker_compose() {
   command -v docker-compose >/dev/null && return 0
