@@ -241,7 +241,7 @@ ensure_promtool() {
   fi
 }
 
-# Node.js and npm (Debian's packages), for the generated TypeScript client (clients/typescript).
+# Node.js and npm (Debian's packages), for the generated TypeScript client (tests/typescript-client).
 ensure_node() {
   command -v node >/dev/null && command -v npm >/dev/null && return 0
   apt_has nodejs || { say "no nodejs package in Debian's lists"; return 1; }
