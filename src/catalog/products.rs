@@ -541,7 +541,7 @@ fn tags_schema() -> utoipa::openapi::Array {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .max_length(Some(50))
-                .pattern(Some(r"^[^,]*[^\s,][^,]*$")),
+                .pattern(Some(r"^[^,\u0000]*[^\s,\u0000][^,\u0000]*$")),
         )
         .max_items(Some(30))
         .build()
@@ -1108,7 +1108,7 @@ fn options_schema_of(kind: utoipa::openapi::schema::SchemaType) -> utoipa::opena
         ObjectBuilder::new()
             .schema_type(Type::String)
             .max_length(Some(max))
-            .pattern(Some(r"\S"))
+            .pattern(Some(r"^[^\u0000]*[^\s\u0000][^\u0000]*$"))
             .build()
     };
     ObjectBuilder::new()

@@ -2,7 +2,8 @@
 //! error responses any request can meet on its way through the middleware (a malformed request,
 //! a missing token, a body too large or of the wrong type, the rate limit, a timeout, an internal
 //! error), every error body declared as `application/problem+json`, and the links the stateful
-//! fuzzer (and a client) follows from a created resource to the operations on it.
+//! fuzzer (and a client) follows from a created resource to the operations on it, and the rule
+//! that no string may hold a NUL character, stated on every free string (see [`NO_NUL`]).
 //!
 //! `scripts/api-fuzz` holds the document to this: schemathesis fails on any status, content type
 //! or header the server sends without declaring it.
@@ -13,17 +14,30 @@ use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::request_body::RequestBody;
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayItems, KnownFormat, SchemaFormat, SchemaType,
+};
 use utoipa::openapi::{
     ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder, Schema, Type,
 };
 
 use crate::error::PROBLEM_JSON;
 
-/// Applies the shared responses and the links to the whole document.
+/// The pattern of a string with no other rule: the server refuses a NUL character in any string
+/// (a path, a query, a header, a JSON key or value) with 400 before a handler runs, so a client
+/// or a fuzzer reading the document must not take such a string for a valid one. A string whose
+/// pattern, enum or format already rules NUL out keeps its own rule.
+pub const NO_NUL: &str = r"^[^\u0000]*$";
+
+/// Applies the shared responses, the links and the NUL rule to the whole document.
 pub fn finish(doc: &mut OpenApi) {
     let operation_ids = operation_ids(doc);
+    if let Some(components) = doc.components.as_mut() {
+        components.schemas.values_mut().for_each(forbid_nul_in);
+    }
     for (path, item) in doc.paths.paths.iter_mut() {
         for (method, operation) in operations_mut(item) {
+            forbid_nul_in_operation(operation);
             declare_problems(operation);
             declare_common_errors(path, operation);
             for link in LINKS
@@ -47,6 +61,71 @@ fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &m
     ]
     .into_iter()
     .filter_map(|(method, operation)| operation.map(|operation| (method, operation)))
+}
+
+/// The NUL rule on an operation's parameters and request body (responses share the components).
+fn forbid_nul_in_operation(operation: &mut Operation) {
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if let RefOr::T(parameter) = parameter {
+            parameter.schema.iter_mut().for_each(forbid_nul_in);
+        }
+    }
+    if let Some(RefOr::T(body)) = operation.request_body.as_mut() {
+        for content in body.content.values_mut() {
+            if let RefOr::T(content) = content {
+                content.schema.iter_mut().for_each(forbid_nul_in);
+            }
+        }
+    }
+}
+
+fn forbid_nul_in(schema: &mut RefOr<Schema>) {
+    if let RefOr::T(schema) = schema {
+        forbid_nul(schema);
+    }
+}
+
+/// Gives every free string under `schema` the [`NO_NUL`] pattern.
+fn forbid_nul(schema: &mut Schema) {
+    match schema {
+        Schema::Object(object) => {
+            let string = match &object.schema_type {
+                SchemaType::Type(kind) => *kind == Type::String,
+                SchemaType::Array(kinds) => kinds.contains(&Type::String),
+                SchemaType::AnyValue => false,
+            };
+            let free_string = string
+                && object.pattern.is_none()
+                && object.enum_values.is_none()
+                // A format rules NUL out (uuid, date-time, email, ...), except a password's,
+                // and a binary (a file's bytes) may hold one.
+                && object.format.as_ref().is_none_or(|format| {
+                    matches!(format, SchemaFormat::KnownFormat(KnownFormat::Password))
+                });
+            if free_string {
+                object.pattern = Some(NO_NUL.to_owned());
+            }
+            object.properties.values_mut().for_each(forbid_nul_in);
+            if let Some(names) = object.property_names.as_mut() {
+                forbid_nul(names);
+            }
+            if let Some(AdditionalProperties::RefOr(values)) =
+                object.additional_properties.as_deref_mut()
+            {
+                forbid_nul_in(values);
+            }
+        }
+        Schema::Array(array) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items {
+                forbid_nul_in(items);
+            }
+            array.prefix_items.iter_mut().for_each(forbid_nul);
+        }
+        Schema::OneOf(one_of) => one_of.items.iter_mut().for_each(forbid_nul_in),
+        Schema::AllOf(all_of) => all_of.items.iter_mut().for_each(forbid_nul_in),
+        Schema::AnyOf(any_of) => any_of.items.iter_mut().for_each(forbid_nul_in),
+        _ => {}
+    }
 }
 
 /// Error responses that carry a `Problem` are `application/problem+json`, as sent.
@@ -494,5 +573,90 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every string a request or response can carry says it holds no NUL: a free string has the
+    /// [`NO_NUL`] pattern, and a string with a pattern of its own refuses its own example (or a
+    /// plain sample) with a NUL put anywhere in it. Only an enum, a format or a file's bytes are
+    /// left as they are.
+    #[test]
+    fn every_string_of_the_document_says_it_holds_no_nul() {
+        fn strings<'a>(
+            at: String,
+            value: &'a serde_json::Value,
+            out: &mut Vec<(String, &'a serde_json::Value)>,
+        ) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    let kind = &map.get("type");
+                    let is_string = kind.is_some_and(|kind| {
+                        kind == "string"
+                            || kind
+                                .as_array()
+                                .is_some_and(|kinds| kinds.iter().any(|k| k == "string"))
+                    });
+                    if is_string {
+                        out.push((at.clone(), value));
+                    }
+                    for (key, child) in map {
+                        // Examples are data, not schemas.
+                        if key != "example" && key != "examples" && key != "default" {
+                            strings(format!("{at}/{key}"), child, out);
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (index, child) in items.iter().enumerate() {
+                        strings(format!("{at}/{index}"), child, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let json = serde_json::to_value(crate::http::openapi()).expect("the document serializes");
+        let mut found = Vec::new();
+        strings(String::new(), &json, &mut found);
+        let mut free = 0;
+        for (at, schema) in &found {
+            if schema.get("enum").is_some() || schema.get("const").is_some() {
+                continue;
+            }
+            match schema["format"].as_str() {
+                Some("password") | None => {}
+                Some(_) => continue,
+            }
+            let pattern = schema["pattern"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}: a string without a pattern allows NUL"));
+            if pattern == NO_NUL {
+                free += 1;
+            }
+            let regex =
+                regex::Regex::new(pattern).unwrap_or_else(|e| panic!("{at}: {pattern}: {e}"));
+            let example = schema["example"].as_str().unwrap_or("a");
+            let mut with_nul: Vec<String> = ["\0", "a\0", "\0a", "a\0b", " \0 "]
+                .map(str::to_owned)
+                .to_vec();
+            for (index, _) in example.char_indices().chain([(example.len(), ' ')]) {
+                with_nul.push(format!("{}\0{}", &example[..index], &example[index..]));
+            }
+            for sample in with_nul {
+                assert!(
+                    !regex.is_match(&sample),
+                    "{at}: {pattern} accepts {sample:?}"
+                );
+            }
+        }
+        // The strings the issue named, among others.
+        for schema in ["LoginRequest", "RefreshRequest"] {
+            let properties = &json["components"]["schemas"][schema]["properties"];
+            assert!(
+                properties
+                    .as_object()
+                    .is_some_and(|p| p.values().any(|p| p["pattern"] == NO_NUL)),
+                "{schema}: {properties}"
+            );
+        }
+        assert!(free > 20, "only {free} free strings");
     }
 }

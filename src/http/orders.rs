@@ -173,6 +173,7 @@ fn saga_error(error: SagaError) -> AppError {
         ),
         SagaError::NotFound => AppError::NotFound,
         SagaError::Unavailable(why) => AppError::Unavailable(why),
+        SagaError::PaymentMethodRefused(why) => AppError::invalid("payment_method", why),
     }
 }
 
@@ -205,7 +206,11 @@ async fn cancel_order(
 #[serde(deny_unknown_fields)]
 pub struct PayRequest {
     /// A Stripe test payment method: `pm_card_visa` succeeds, `pm_card_chargeDeclined` declines.
-    #[schema(example = "pm_card_visa", max_length = 100, pattern = r"\S")]
+    #[schema(
+        example = "pm_card_visa",
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     payment_method: String,
 }
 
@@ -220,7 +225,8 @@ pub struct PaymentState {
 /// through the payment event, as a webhook would.
 #[utoipa::path(post, path = "/orders/{id}/pay", tag = "orders", params(("id" = Uuid, Path)),
     request_body = PayRequest, security(("bearer" = [])),
-    responses((status = 200, body = PaymentState), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = PaymentState), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 422, body = Problem, description = "The payment method is malformed, or the provider does not know it or cannot use it; nothing was charged")))]
 async fn pay_order(
     State(state): State<AppState>,
     user: AuthUser,

@@ -672,3 +672,37 @@ async fn a_command_right_after_the_order_became_final_is_409_not_503() {
         );
     }
 }
+
+/// A payment method the provider does not know is the client's mistake, not an outage: 422 on
+/// `payment_method`, nothing charged, the order still pending with its stock held, and a good card
+/// then pays it. Both the simulated provider and the Stripe API (through its test server) say so.
+#[tokio::test]
+async fn a_payment_method_the_provider_does_not_know_is_a_422_and_another_one_pays() {
+    let simulated = TestApp::spawn().await;
+    let (stripe, _server) = stripe_app(|_| {}).await;
+    for (provider, app) in [("simulated", &simulated), ("stripe", &stripe)] {
+        let admin = app.login_as_admin().await;
+        let mug = variant(app, &admin, "UNKNOWN-PM-MUG", 1000, 3).await;
+        let customer = app.login_as_customer().await;
+        fill_cart(app, &customer, &mug, 1).await;
+        let created: Value = checkout(app, &customer).await.json().await.unwrap();
+        let id = created["id"].as_str().unwrap();
+        let refused = app
+            .post_json_as(
+                &customer.access_token,
+                &format!("/api/v1/orders/{id}/pay"),
+                &json!({"payment_method": "pm_no_such_method"}),
+            )
+            .await;
+        let problem = assert_problem(refused, 422).await;
+        assert_eq!(
+            problem["errors"][0]["field"], "payment_method",
+            "{provider}: {problem}"
+        );
+        let after = order(app, &customer, id).await;
+        assert_eq!(after["status"], "pending", "{provider}: {after}");
+        assert_eq!(stock(app, &mug).await, (3, 1, 0), "{provider}: still held");
+        assert_eq!(pay(app, &customer, id).await.status(), 200, "{provider}");
+        wait_status(app, &customer, id, "paid").await;
+    }
+}

@@ -67,6 +67,10 @@ pub enum SagaError {
     NotFound,
     #[error("{0}")]
     Unavailable(String),
+    /// The provider refused the payment method itself (unknown, or not usable for this intent):
+    /// nothing was charged, and another payment method may still pay the order.
+    #[error("{0}")]
+    PaymentMethodRefused(String),
 }
 
 impl From<LedgerError> for SagaError {
@@ -851,7 +855,8 @@ impl SagaState {
                 Ok(())
             }
             Err(SagaError::NotPending(_) | SagaError::NotFound) => Ok(()),
-            Err(SagaError::Unavailable(why)) => {
+            // Cancelling pays nothing, so the provider never judges a payment method here.
+            Err(SagaError::Unavailable(why) | SagaError::PaymentMethodRefused(why)) => {
                 // Nothing was changed; the deadline is tried again shortly.
                 tracing::warn!(order = %self.order_id, %why, "expiry postponed");
                 self.expire_in(EXPIRY_RETRY);
@@ -899,7 +904,17 @@ impl SagaState {
                 let retrieve = payments.retrieve(&intent);
                 match tokio::time::timeout_at(deadline.into(), retrieve).await {
                     Ok(Ok(now)) if now.status == IntentStatus::Succeeded => now,
-                    Ok(Ok(_)) if !error.is_retryable() => return Err(refused(error)),
+                    // The provider judged the request and said no: nothing was charged.
+                    Ok(Ok(_))
+                        if matches!(
+                            error,
+                            PaymentError::NotFound(_)
+                                | PaymentError::Invalid(_)
+                                | PaymentError::Refused { .. }
+                        ) =>
+                    {
+                        return Err(SagaError::PaymentMethodRefused(error.to_string()));
+                    }
                     _ => return Err(unknown(error.to_string())),
                 }
             }
@@ -923,10 +938,6 @@ impl SagaState {
             error: confirmed.last_payment_error,
         })
     }
-}
-
-fn refused(error: PaymentError) -> SagaError {
-    SagaError::Unavailable(error.to_string())
 }
 
 fn too_late() -> SagaError {
