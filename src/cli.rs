@@ -64,7 +64,7 @@ const EXIT_MISMATCH: u8 = 2;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load()?;
-    telemetry::init(&settings.log);
+    let _telemetry = telemetry::init(&settings.log, &settings.traces)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Reconcile => return reconcile(&settings).await,
         Command::Outbox => outbox(&settings).await?,

@@ -81,6 +81,7 @@ pub struct Settings {
     pub carts: CartSettings,
     pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
+    pub traces: TraceSettings,
     #[serde(default)]
     pub testing: TestingSettings,
 }
@@ -454,6 +455,17 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// OpenTelemetry traces, exported over OTLP/HTTP (protobuf) to a collector.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TraceSettings {
+    pub enabled: bool,
+    /// The collector's OTLP/HTTP base URL; spans go to `{endpoint}/v1/traces`.
+    pub endpoint: String,
+    pub service_name: String,
+    /// The share of new traces kept, 0.0 to 1.0; a caller's `traceparent` decides for its own.
+    pub sampling_ratio: f64,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TestingSettings {
     pub test_routes: bool,
@@ -539,6 +551,17 @@ impl Settings {
                     "testing.test_routes cannot be enabled in production".into(),
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.traces.sampling_ratio) {
+            return Err(ConfigError::Invalid(
+                "traces.sampling_ratio must be between 0.0 and 1.0".into(),
+            ));
+        }
+        if self.traces.enabled && !self.traces.endpoint.starts_with("http://") {
+            return Err(ConfigError::Invalid(
+                "traces.endpoint must be an http:// URL (OTLP/HTTP to a collector beside the shop)"
+                    .into(),
+            ));
         }
         if !(1..=MAX_PARTITIONS).contains(&self.cluster.partitions) {
             return Err(ConfigError::Invalid(format!(

@@ -4,9 +4,15 @@
 //! length, so the depth is counted where messages are sent (the typed [`Mailbox`]) and where they are
 //! received (the wrapper's `handle`). Messages are wrapped in an [`Envelope`] that only a `Mailbox`
 //! can build, so no message can reach an actor without being counted.
+//!
+//! The envelope also carries the sender's span when traces are exported ([`trace_messages`]):
+//! each message is handled in a span of its own (named by the actor kind) whose parent is the
+//! span that sent it, so one checkout is one trace across the cart actor, the supervisors, the
+//! saga and the shards. An actor may give its messages a parent of its own instead
+//! ([`ShopActor::span`]), linked to the sender's.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,6 +20,29 @@ use ractor::rpc::CallResult;
 use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
+use tracing::{Instrument, Span};
+
+/// Whether messages carry their sender's span. Off, nothing is captured or created per message.
+static TRACED: AtomicBool = AtomicBool::new(false);
+
+/// Turns the spans of messages on: the server does once it exports traces.
+pub fn trace_messages(on: bool) {
+    TRACED.store(on, Ordering::Relaxed);
+}
+
+fn traced() -> bool {
+    TRACED.load(Ordering::Relaxed)
+}
+
+/// The current span when messages are traced, else [`Span::none`]: what an actor hands on to
+/// work it starts outside a message (a child actor's own span).
+pub fn sending_span() -> Span {
+    if traced() {
+        Span::current()
+    } else {
+        Span::none()
+    }
+}
 
 /// Why a message could not be answered. The http layer turns each into 503.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -62,6 +91,13 @@ pub trait ShopActor: Send + Sync + Sized + 'static {
         async { Ok(()) }
     }
 
+    /// The span this actor's messages are handled under, when it is not their sender's: an order
+    /// saga's, so that a payment event from a webhook joins the trace of the order's checkout.
+    /// The sender's span is then a link ("follows from").
+    fn span<'a>(&self, _message: &Self::Msg, _state: &'a Self::State) -> Option<&'a Span> {
+        None
+    }
+
     /// Supervisors override this; the default stops on any child exit, as ractor does.
     fn handle_supervisor_evt(
         &self,
@@ -84,6 +120,17 @@ pub trait ShopActor: Send + Sync + Sized + 'static {
 /// A message on its way to an actor. Only [`Mailbox`] builds one, so every delivery is counted.
 pub struct Envelope<M> {
     message: M,
+    /// The span the message was sent from ([`Span::none`] when traces are off).
+    sender: Span,
+}
+
+impl<M> Envelope<M> {
+    fn new(message: M) -> Self {
+        Self {
+            message,
+            sender: sending_span(),
+        }
+    }
 }
 
 /// The typed handle of one running actor: the only way to send it messages.
@@ -117,7 +164,7 @@ impl<M: Send + 'static> Mailbox<M> {
     /// Fire and forget.
     pub fn cast(&self, message: M) -> Result<(), ActorError> {
         self.enqueued();
-        self.actor.cast(Envelope { message }).map_err(|_| {
+        self.actor.cast(Envelope::new(message)).map_err(|_| {
             self.not_enqueued();
             ActorError::Unavailable { kind: self.kind }
         })
@@ -132,12 +179,7 @@ impl<M: Send + 'static> Mailbox<M> {
         self.enqueued();
         let sent = self
             .actor
-            .call(
-                |port| Envelope {
-                    message: build(port),
-                },
-                Some(timeout),
-            )
+            .call(|port| Envelope::new(build(port)), Some(timeout))
             .await;
         match sent {
             Ok(CallResult::Success(reply)) => Ok(reply),
@@ -260,12 +302,28 @@ impl<A: ShopActor> Actor for Instrumented<A> {
         // state it can be in. Inline, a handler's whole state machine (its SQL futures with
         // theirs) was part of every idle actor; boxed, it is allocated only while a message is
         // handled (one allocation per message, beside the reply channels it already makes).
-        let result = Box::pin(self.0.handle(
+        let Envelope { message, sender } = envelope;
+        // A message nobody traced sent (a timer's tick, a broker delivery) gets no span of its
+        // own: a trace per tick would bury the ones that matter.
+        let span = match (traced(), self.0.span(&message, &state.inner)) {
+            (false, _) => None,
+            (true, Some(own)) if !own.is_none() => {
+                let span = tracing::info_span!(parent: own, "actor", otel.name = A::KIND);
+                span.follows_from(&sender);
+                Some(span)
+            }
+            (true, _) if sender.is_none() => None,
+            (true, _) => Some(tracing::info_span!(parent: &sender, "actor", otel.name = A::KIND)),
+        };
+        let handled = Box::pin(self.0.handle(
             Self::mailbox(&myself, depth),
-            envelope.message,
+            message,
             &mut state.inner,
-        ))
-        .await;
+        ));
+        let result = match span {
+            Some(span) => handled.instrument(span).await,
+            None => handled.await,
+        };
         metrics::histogram!("actor_message_duration_seconds", "kind" => A::KIND)
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("actor_messages_total", "kind" => A::KIND).increment(1);

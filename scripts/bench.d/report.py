@@ -90,6 +90,12 @@ def table(rows, wrk, by_kind):
         pct(checkout_ratio), "≥ 1,000/s", checkout["ops_per_s"] >= 1000)
     row("checkout: request p99 (p50)", f"{checkout['p99_ms']:.1f} ms ({checkout['p50_ms']:.2f} ms)", "", "",
         "p99 ≤ 100 ms", checkout["p99_ms"] <= 100)
+    traced = wrk.get(("checkout-traced", 32))
+    if traced:
+        ratio = traced["ops_per_s"] / checkout["ops_per_s"]
+        row("checkout with traces on (every span exported over OTLP/HTTP)",
+            f"{num(traced['ops_per_s'])} checkouts/s, p99 {traced['p99_ms']:.1f} ms",
+            f"traces off (the row above): {num(checkout['ops_per_s'])} checkouts/s", pct(ratio))
     if "checkout" in postgres:
         p = postgres["checkout"]
         row("checkout: Postgres transactions", f"{p['transactions_per_op']:.1f} per checkout", "", "",

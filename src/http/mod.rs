@@ -200,12 +200,22 @@ fn request_span(request: &Request) -> tracing::Span {
         .get::<axum::extract::MatchedPath>()
         .map(|path| path.as_str())
         .unwrap_or("unmatched");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %request.method(),
         route = %route,
-    )
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+    );
+    if crate::telemetry::exporting() {
+        // The trace's own names (OpenTelemetry's HTTP conventions), and the caller's trace when
+        // its W3C `traceparent` says which.
+        span.record("otel.name", format!("{} {route}", request.method()));
+        span.record("otel.kind", "server");
+        crate::telemetry::continue_trace(&span, &crate::telemetry::Headers(request.headers()));
+    }
+    span
 }
 
 fn allowed_origins(origins: &[String]) -> Vec<HeaderValue> {

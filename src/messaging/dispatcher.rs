@@ -16,6 +16,7 @@ use lapin::types::FieldTable;
 use shop_actors::ractor::{ActorProcessingErr, RpcReplyPort};
 use shop_actors::{Mailbox, ShopActor};
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::broker::{BrokerError, Topology};
@@ -117,10 +118,19 @@ impl ShopActor for EmailDispatcher {
                     .message_id()
                     .as_ref()
                     .and_then(|id| Uuid::parse_str(id.as_str()).ok());
+                let traceparent = delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|headers| headers.inner().get(super::relay::TRACEPARENT))
+                    .and_then(|value| value.as_long_string())
+                    .map(|value| value.to_string());
                 let outcome = match message_id {
                     Some(id) => {
+                        let topic = delivery.routing_key.as_str();
                         state
-                            .deliver(id, delivery.routing_key.as_str(), &delivery.data)
+                            .deliver(id, topic, &delivery.data)
+                            .instrument(email_span(topic, traceparent.as_deref()))
                             .await
                     }
                     None => Outcome::Failed(EmailError::Permanent(
@@ -165,7 +175,10 @@ impl ShopActor for EmailDispatcher {
                 reply,
             } => {
                 let payload = serde_json::to_vec(&message.payload).unwrap_or_default();
-                let outcome = state.deliver(message.id, &message.topic, &payload).await;
+                let outcome = state
+                    .deliver(message.id, &message.topic, &payload)
+                    .instrument(email_span(&message.topic, message.traceparent.as_deref()))
+                    .await;
                 let answer = match state.verdict(outcome, attempt) {
                     Verdict::Settled => Handover::Done,
                     Verdict::Retry(after, error) => Handover::Retry { after, error },
@@ -179,6 +192,16 @@ impl ShopActor for EmailDispatcher {
         }
         Ok(())
     }
+}
+
+/// The span of one message's email, in the trace of the transaction that wrote the message.
+fn email_span(topic: &str, traceparent: Option<&str>) -> tracing::Span {
+    if !crate::telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("email send", topic);
+    crate::telemetry::continue_trace(&span, &crate::telemetry::Traceparent(traceparent));
+    span
 }
 
 impl DispatcherState {

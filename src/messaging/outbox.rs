@@ -27,10 +27,12 @@ pub async fn enqueue(
 ) -> Result<Uuid, sqlx::Error> {
     let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let id = Uuid::now_v7();
-    sqlx::query(r#"INSERT INTO outbox (id, topic, payload) VALUES ($1, $2, $3)"#)
+    sqlx::query(r#"INSERT INTO outbox (id, topic, payload, traceparent) VALUES ($1, $2, $3, $4)"#)
         .bind(id)
         .bind(topic)
         .bind(payload)
+        // The trace of whatever wrote the row: its consumer's span joins it.
+        .bind(crate::telemetry::traceparent())
         .execute(tx)
         .await?;
     Ok(id)
@@ -169,6 +171,8 @@ pub struct OutboxMessage {
     pub payload: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub attempts: i32,
+    /// The W3C trace context of the transaction that wrote it, when traces were exported.
+    pub traceparent: Option<String>,
 }
 
 /// Locks up to `limit` due, unpublished rows for this transaction. `SKIP LOCKED` lets another
@@ -180,7 +184,7 @@ pub async fn claim_due(
 ) -> Result<Vec<OutboxMessage>, sqlx::Error> {
     sqlx::query_as(
         r#"
-        SELECT id, topic, payload, created_at, attempts
+        SELECT id, topic, payload, created_at, attempts, traceparent
         FROM outbox
         WHERE published_at IS NULL AND available_at <= now()
         ORDER BY available_at, created_at

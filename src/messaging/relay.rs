@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use shop_actors::ractor::ActorProcessingErr;
 use shop_actors::{ActorError, Mailbox, ShopActor, Slot};
@@ -370,15 +371,30 @@ impl RelayState {
     }
 }
 
-/// Persistent, JSON, identified by the outbox id (consumers de-duplicate by it).
+/// Persistent, JSON, identified by the outbox id (consumers de-duplicate by it), with the
+/// `traceparent` of the transaction that wrote it as a header when it has one.
 fn properties(row: &OutboxMessage) -> BasicProperties {
-    BasicProperties::default()
+    let properties = BasicProperties::default()
         .with_message_id(row.id.to_string().into())
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0))
-        .with_type(row.topic.as_str().into())
+        .with_type(row.topic.as_str().into());
+    match &row.traceparent {
+        Some(traceparent) => {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                TRACEPARENT.into(),
+                AMQPValue::LongString(traceparent.as_str().into()),
+            );
+            properties.with_headers(headers)
+        }
+        None => properties,
+    }
 }
+
+/// The header that carries a message's W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// Wakes the relay on every `NOTIFY outbox` and every `poll`, until the relay is gone.
 async fn watch_outbox(

@@ -126,6 +126,7 @@ impl PaymentProvider {
     /// Creates the intent of attempt `attempt` of an order, keyed `order:{id}:attempt:{n}:create`:
     /// the same order and attempt always answer the same intent. `metadata` gets `order_id` and
     /// `attempt`. Records a `create` transaction.
+    #[tracing::instrument(name = "payment provider create_intent", skip_all, fields(provider = self.name(), otel.kind = "client"))]
     pub async fn create_intent(
         &self,
         order_id: Uuid,
@@ -157,6 +158,7 @@ impl PaymentProvider {
     /// Confirms the intent with `payment_method` (`pm_card_visa`, ...). A decline is `Ok`, with
     /// [`PaymentIntent::declined`] true. Records a `confirm` transaction; the outcome follows as
     /// an event.
+    #[tracing::instrument(name = "payment provider confirm", skip_all, fields(provider = self.name(), otel.kind = "client"))]
     pub async fn confirm(
         &self,
         intent_id: &str,
@@ -176,6 +178,7 @@ impl PaymentProvider {
 
     /// Cancels an intent that has not succeeded. The `canceled` transaction is recorded when the
     /// `payment_intent.canceled` event arrives.
+    #[tracing::instrument(name = "payment provider cancel", skip_all, fields(provider = self.name(), otel.kind = "client"))]
     pub async fn cancel(
         &self,
         intent_id: &str,
@@ -190,6 +193,7 @@ impl PaymentProvider {
     /// Refunds `amount` (minor units) of a succeeded intent, or all that is left when `None`,
     /// with `metadata` on the refund (its events carry it back). The `refund` transaction is
     /// recorded when the `charge.refunded` event arrives.
+    #[tracing::instrument(name = "payment provider refund", skip_all, fields(provider = self.name(), otel.kind = "client"))]
     pub async fn refund(
         &self,
         intent_id: &str,
@@ -210,6 +214,7 @@ impl PaymentProvider {
         }
     }
 
+    #[tracing::instrument(name = "payment provider retrieve", skip_all, fields(provider = self.name(), otel.kind = "client"))]
     pub async fn retrieve(&self, intent_id: &str) -> Result<PaymentIntent, PaymentError> {
         match self {
             Self::Stripe(stripe) => stripe.retrieve(intent_id).await,

@@ -33,3 +33,4 @@ mod promotions_checkout;
 mod rate_limits;
 mod recovery;
 mod supervision;
+mod traces;

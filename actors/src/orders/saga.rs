@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{ActorProcessingErr, RpcReplyPort};
+use tracing::Instrument;
 
 use super::{LedgerError, NewOrder, OrderLedger, OrderSnapshot, OrderStatus, OwedRefund};
 use crate::coupons::{CouponError, CouponLimiter, Limits};
@@ -136,6 +137,9 @@ pub struct SagaArgs {
     /// A saga for a checkout about to begin: no order exists yet, so there is nothing to read
     /// back at start.
     pub fresh: bool,
+    /// The span that started the saga (a checkout's, or whatever woke a sleeping order):
+    /// the parent of the saga's own span.
+    pub parent: tracing::Span,
 }
 
 pub struct SagaState {
@@ -151,6 +155,10 @@ pub struct SagaState {
     /// instead of reading it back. Forgotten by anything whose outcome it does not track (a
     /// payment event, the deadline), then read afresh.
     known: Mutex<Option<OrderSnapshot>>,
+    /// The saga's span, open as long as it runs (when traces are exported): the parent of what
+    /// happens to the order without a caller (payment events, its deadline), so that the
+    /// webhook's payment and the email it sends stay in the trace of the checkout.
+    span: tracing::Span,
 }
 
 pub struct OrderSaga;
@@ -273,6 +281,7 @@ impl SagaState {
 
     // ---- steps 1 to 3: checkout ----
 
+    #[tracing::instrument(name = "saga checkout", skip_all, fields(order = %self.order_id))]
     async fn begin(&mut self, mut checkout: Checkout) -> Result<Uuid, CheckoutError> {
         let demand = |gift: bool| -> Vec<Demand> {
             checkout
@@ -289,7 +298,11 @@ impl SagaState {
         let (paid, gifts) = (demand(false), demand(true));
         let (owner, ttl) = (checkout.order.id, checkout.ttl);
         // 1. Stock first: a short order leaves nothing behind.
-        let mut units = match self.deps.inventory.reserve_holding(owner, &paid, ttl).await {
+        let reserve = self.deps.inventory.reserve_holding(owner, &paid, ttl);
+        let reserved = reserve
+            .instrument(tracing::info_span!("saga reserve stock"))
+            .await;
+        let mut units = match reserved {
             Ok((units, holding)) => {
                 self.holding = holding;
                 units
@@ -396,6 +409,7 @@ impl SagaState {
         }
     }
 
+    #[tracing::instrument(name = "saga reserve coupon", skip_all, fields(order = %self.order_id))]
     async fn reserve_coupon(
         &self,
         checkout: &Checkout,
@@ -432,6 +446,7 @@ impl SagaState {
 
     /// Steps 2 and 3: the intent, then the order with it, before the deadline. Answers the order
     /// and its intent.
+    #[tracing::instrument(name = "saga create order", skip_all, fields(order = %self.order_id))]
     async fn create_order(
         &self,
         checkout: &Checkout,
@@ -505,6 +520,7 @@ impl SagaState {
     /// A free order is paid as soon as it exists: its stock and coupon use are committed as for
     /// a payment. If that cannot finish now, the order stays pending and its deadline (or the
     /// next sweep) takes it from there.
+    #[tracing::instrument(name = "saga settle free order", skip_all, fields(order = %self.order_id))]
     async fn settle_free_order(&self) -> Result<(), SagaError> {
         let order = self.order().await?;
         let currency = order.currency.clone();
@@ -573,6 +589,7 @@ impl SagaState {
 
     // ---- step 4: payment events ----
 
+    #[tracing::instrument(name = "saga payment event", skip_all, fields(order = %self.order_id))]
     async fn on_payment(&self, event: PaymentEvent) -> Result<(), SagaError> {
         let ledger = &self.deps.ledger;
         let order = match self.order().await {
@@ -738,6 +755,7 @@ impl SagaState {
     /// pending. With a caller's `deadline`, a provider that has not answered the cancel by then
     /// leaves the order as it is (`Unavailable`). What the order held is given back afterwards,
     /// by [`give_back`](Self::give_back): a caller waits for that until its deadline, not past it.
+    #[tracing::instrument(name = "saga cancel", skip_all, fields(order = %self.order_id))]
     async fn cancel(
         &self,
         actor: &str,
@@ -846,6 +864,7 @@ impl SagaState {
         }
     }
 
+    #[tracing::instrument(name = "saga expire", skip_all, fields(order = %self.order_id))]
     async fn expire(&self) -> Result<(), SagaError> {
         self.remember(None);
         match self.cancel("system", "reservation expired", None).await {
@@ -867,6 +886,7 @@ impl SagaState {
 
     // ---- paying ----
 
+    #[tracing::instrument(name = "saga pay", skip_all, fields(order = %self.order_id))]
     async fn pay(
         &self,
         payment_method: &str,
@@ -957,12 +977,18 @@ impl ShopActor for OrderSaga {
         myself: Mailbox<SagaMsg>,
         args: SagaArgs,
     ) -> Result<SagaState, ActorProcessingErr> {
+        let span = if args.parent.is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(parent: &args.parent, "order saga", order = %args.order_id)
+        };
         let state = SagaState {
             order_id: args.order_id,
             deps: args.deps,
             myself,
             holding: Holding::anywhere(),
             known: Mutex::new(None),
+            span,
         };
         // A resumed saga (the order exists) picks its deadline up again.
         if !args.fresh
@@ -977,6 +1003,15 @@ impl ShopActor for OrderSaga {
             }
         }
         Ok(state)
+    }
+
+    /// A command is handled in its caller's trace; what happens to the order on its own (a
+    /// payment event, the deadline, settling a free order) in the saga's.
+    fn span<'a>(&self, message: &SagaMsg, state: &'a SagaState) -> Option<&'a tracing::Span> {
+        match message {
+            SagaMsg::Payment(_) | SagaMsg::Expire | SagaMsg::SettleFree { .. } => Some(&state.span),
+            SagaMsg::Begin(..) | SagaMsg::Pay { .. } | SagaMsg::Cancel { .. } => None,
+        }
     }
 
     async fn handle(

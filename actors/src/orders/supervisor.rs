@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use ractor::{ActorProcessingErr, RpcReplyPort, SupervisionEvent};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::saga::{
@@ -84,6 +85,7 @@ impl SupervisorState {
             order_id: order,
             deps: self.args.deps.clone(),
             fresh,
+            parent: instrument::sending_span(),
         };
         let name = format!("{}order-{order}", self.args.prefix);
         let (saga, _) = instrument::spawn(Some(name), OrderSaga, args, Some(myself.cell()))
@@ -209,10 +211,12 @@ fn forward<R: Send + 'static>(
     unavailable: impl FnOnce(ActorError) -> R + Send + 'static,
 ) {
     let wait = reply.get_timeout().unwrap_or(FORWARD_TIMEOUT);
-    tokio::spawn(async move {
+    // In the supervisor's span, so that the saga's handling stays in the caller's trace.
+    let forwarding = async move {
         let answer = saga.call(build, wait).await;
         let _ = reply.send(answer.unwrap_or_else(unavailable));
-    });
+    };
+    tokio::spawn(forwarding.in_current_span());
 }
 
 /// Sets `orders_pending`, the orders that should have a saga: the saga-leak alert compares it
