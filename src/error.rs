@@ -264,6 +264,13 @@ impl IntoResponse for AppError {
     }
 }
 
+/// One field that does not parse: a 422 naming it.
+impl From<FieldError> for AppError {
+    fn from(error: FieldError) -> Self {
+        Self::Validation(vec![error])
+    }
+}
+
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
         match error {

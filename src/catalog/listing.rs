@@ -270,7 +270,7 @@ pub async fn search(
         None => CategoryFilter::Any,
     };
     let asked = match query.facets.as_deref() {
-        Some(raw) => Facet::parse_list(raw).map_err(|error| AppError::Validation(vec![error]))?,
+        Some(raw) => Facet::parse_list(raw)?,
         None => Vec::new(),
     };
     let (page, facets) = tokio::try_join!(page(db, query, admin, category), async {

@@ -181,7 +181,7 @@ async fn request_password_reset(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(body): Json<PasswordResetRequest>,
 ) -> Result<(StatusCode, axum::Json<PasswordResetAccepted>), AppError> {
-    let email = Email::parse(&body.email).map_err(|e| AppError::Validation(vec![e]))?;
+    let email = Email::parse(&body.email)?;
     state
         .identity
         .request_password_reset(&state.db, &email, peer.ip())
@@ -220,7 +220,7 @@ async fn confirm_password_reset(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(body): Json<PasswordResetConfirmation>,
 ) -> Result<StatusCode, AppError> {
-    let password = NewPassword::parse(body.password).map_err(|e| AppError::Validation(vec![e]))?;
+    let password = NewPassword::parse(body.password)?;
     state
         .identity
         .confirm_password_reset(&state.db, &body.token, password, peer.ip())

@@ -26,7 +26,7 @@ use shop_stripe_testserver::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{ShopProcess, TestDatabase, eventually, metric_value};
+use crate::helpers::{ShopProcess, TestDatabase, eventually, free_port, metric_value};
 
 const CUSTOMERS: usize = 200;
 const VARIANTS: usize = 8;
@@ -135,11 +135,7 @@ async fn two_hundred_chaotic_checkouts_and_a_kill_9_keep_every_promise() {
         .unwrap_or_else(rand::random);
     println!("chaos seed {seed} (replay: CHAOS_SEED={seed} cargo test -p shop --test api chaos::)");
     let database = TestDatabase::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let stripe = StripeTestServer::start_with(ServerOptions {
         webhook: Some(WebhookTarget {
             url: format!("http://127.0.0.1:{port}/api/v1/webhooks/stripe"),

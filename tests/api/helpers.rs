@@ -17,6 +17,15 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// The PostgreSQL server the tests use; each test gets its own database on it.
+/// A port free on 127.0.0.1 now, for a process that must know its port before it starts (a
+/// webhook target given to the Stripe test server before the shop listens).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 pub fn postgres_server_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())

@@ -16,7 +16,9 @@ use prost::Message;
 use serde_json::{Value, json};
 use shop_stripe_testserver::{ServerOptions, StripeTestServer, WebhookTarget};
 
-use crate::helpers::{MailSink, ShopProcess, TestDatabase, amqp_server, amqp_url_via, eventually};
+use crate::helpers::{
+    MailSink, ShopProcess, TestDatabase, amqp_server, amqp_url_via, eventually, free_port,
+};
 
 const SECRET_KEY: &str = "sk_test_shop_traces";
 const WEBHOOK_SECRET: &str = "whsec_shop_traces";
@@ -147,11 +149,7 @@ fn ancestry(spans: &[ExportedSpan], span: &ExportedSpan) -> Vec<String> {
 async fn a_checkout_and_its_payment_are_one_trace_from_the_request_to_the_email() {
     let database = TestDatabase::new();
     let (receiver, otlp) = Receiver::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let stripe = StripeTestServer::start_with(ServerOptions {
         webhook: Some(WebhookTarget {
             url: format!("http://127.0.0.1:{port}/api/v1/webhooks/stripe"),
