@@ -5,7 +5,6 @@
 //! exported, with the W3C trace context carried across actors, the outbox and the broker.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -24,11 +23,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::config::{LogFormat, LogSettings, TraceSettings};
 
 /// Whether spans are exported: checked before any work is done for a trace, so that with traces
-/// off nothing is captured, injected or extracted.
-static EXPORTING: AtomicBool = AtomicBool::new(false);
-
+/// off nothing is captured, injected or extracted. One flag for the whole process, the actors'.
 pub fn exporting() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
+    shop_actors::instrument::traced()
 }
 
 /// Flushes the spans still buffered when dropped (at the end of `shop serve`).
@@ -99,7 +96,6 @@ pub fn init(log: &LogSettings, traces: &TraceSettings) -> anyhow::Result<Telemet
         .try_init()
         .is_ok()
     {
-        EXPORTING.store(true, Ordering::Relaxed);
         shop_actors::instrument::trace_messages(true);
     }
     Ok(Telemetry {
@@ -140,18 +136,5 @@ impl Extractor for Traceparent<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.map(|_| vec!["traceparent"]).unwrap_or_default()
-    }
-}
-
-/// An HTTP request's headers as a carrier.
-pub struct Headers<'a>(pub &'a axum::http::HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|name| name.as_str()).collect()
     }
 }

@@ -30,7 +30,9 @@ pub fn trace_messages(on: bool) {
     TRACED.store(on, Ordering::Relaxed);
 }
 
-fn traced() -> bool {
+/// Whether traces are exported (what [`trace_messages`] last said): the one flag the server's
+/// telemetry reads too.
+pub fn traced() -> bool {
     TRACED.load(Ordering::Relaxed)
 }
 

@@ -28,6 +28,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use opentelemetry_http::HeaderExtractor;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -213,7 +214,7 @@ fn request_span(request: &Request) -> tracing::Span {
         // its W3C `traceparent` says which.
         span.record("otel.name", format!("{} {route}", request.method()));
         span.record("otel.kind", "server");
-        crate::telemetry::continue_trace(&span, &crate::telemetry::Headers(request.headers()));
+        crate::telemetry::continue_trace(&span, &HeaderExtractor(request.headers()));
     }
     span
 }

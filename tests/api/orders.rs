@@ -89,10 +89,20 @@ pub(crate) async fn order(app: &TestApp, who: &Session, id: &str) -> Value {
 
 /// Pays order `id` with a card that succeeds.
 pub(crate) async fn pay(app: &TestApp, who: &Session, id: &str) -> reqwest::Response {
+    pay_with(app, who, id, "pm_card_visa").await
+}
+
+/// Pays order `id` with `payment_method`.
+pub(crate) async fn pay_with(
+    app: &TestApp,
+    who: &Session,
+    id: &str,
+    payment_method: &str,
+) -> reqwest::Response {
     app.post_json_as(
         &who.access_token,
         &format!("/api/v1/orders/{id}/pay"),
-        &json!({"payment_method": "pm_card_visa"}),
+        &json!({"payment_method": payment_method}),
     )
     .await
 }
@@ -213,12 +223,7 @@ async fn a_declined_card_leaves_the_order_pending_and_it_can_be_paid_again() {
     fill_cart(&app, &customer, &mug, 1).await;
     let created: Value = checkout(&app, &customer).await.json().await.unwrap();
     let id = created["id"].as_str().unwrap();
-    let declined: Value = app
-        .post_json_as(
-            &customer.access_token,
-            &format!("/api/v1/orders/{id}/pay"),
-            &json!({"payment_method": "pm_card_chargeDeclined"}),
-        )
+    let declined: Value = pay_with(&app, &customer, id, "pm_card_chargeDeclined")
         .await
         .json()
         .await
@@ -233,12 +238,7 @@ async fn a_declined_card_leaves_the_order_pending_and_it_can_be_paid_again() {
     assert_eq!(pending["status"], "pending");
     assert_eq!(stock(&app, &mug).await, (5, 1, 0), "still held");
     // Another card works.
-    app.post_json_as(
-        &customer.access_token,
-        &format!("/api/v1/orders/{id}/pay"),
-        &json!({"payment_method": "pm_card_visa"}),
-    )
-    .await;
+    pay(&app, &customer, id).await;
     wait_status(&app, &customer, id, "paid").await;
 }
 
@@ -687,13 +687,7 @@ async fn a_payment_method_the_provider_does_not_know_is_a_422_and_another_one_pa
         fill_cart(app, &customer, &mug, 1).await;
         let created: Value = checkout(app, &customer).await.json().await.unwrap();
         let id = created["id"].as_str().unwrap();
-        let refused = app
-            .post_json_as(
-                &customer.access_token,
-                &format!("/api/v1/orders/{id}/pay"),
-                &json!({"payment_method": "pm_no_such_method"}),
-            )
-            .await;
+        let refused = pay_with(app, &customer, id, "pm_no_such_method").await;
         let problem = assert_problem(refused, 422).await;
         assert_eq!(
             problem["errors"][0]["field"], "payment_method",
