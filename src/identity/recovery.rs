@@ -70,6 +70,10 @@ impl Identity {
     ) -> Result<(), AppError> {
         let mut tx = db.begin().await?;
         if let Some(limits) = self.recovery_limits {
+            // Counting and recording are one step per email and per address: without the
+            // locks, concurrent requests all count before any of them has recorded, and more
+            // than the limit get through.
+            serialize_attempts(&mut tx, Attempt::ResetRequested, Some(email.as_str()), ip).await?;
             over_limit(
                 &mut tx,
                 Attempt::ResetRequested,
@@ -250,6 +254,36 @@ async fn mark_verified(tx: &mut PgConnection, user: Uuid) -> Result<String, sqlx
     .bind(user)
     .fetch_one(tx)
     .await
+}
+
+/// Takes the transaction's advisory locks on the attempts of this `email` (when given) and then
+/// of this `ip`, so that concurrent requests of one email or one address count and record one
+/// after the other; they are released when the transaction ends. Always email first, then
+/// address: two requests sharing only an address wait on it without a cycle.
+async fn serialize_attempts(
+    tx: &mut PgConnection,
+    attempt: Attempt,
+    email: Option<&str>,
+    ip: IpAddr,
+) -> Result<(), sqlx::Error> {
+    // Lower-cased, as the citext column compares emails: `A@x` and `a@x` share a lock.
+    let keys = email
+        .map(|email| {
+            format!(
+                "shop.recovery.{}.email.{}",
+                attempt.as_str(),
+                email.to_lowercase()
+            )
+        })
+        .into_iter()
+        .chain([format!("shop.recovery.{}.ip.{ip}", attempt.as_str())]);
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// 429 when any of `limits` (an email or an address, and how many attempts it may make in the

@@ -332,6 +332,36 @@ async fn reset_requests_are_limited_per_email_whether_or_not_it_has_an_account_a
 }
 
 #[tokio::test]
+async fn concurrent_reset_requests_for_one_email_get_exactly_its_limit_through() {
+    let sink = MailSink::from_env();
+    let app = spawn(&sink, |settings| {
+        settings.rate_limit.recovery_requests_per_email = 3;
+        settings.rate_limit.recovery_requests_per_ip = 1_000;
+    })
+    .await;
+    let email = address("burst");
+    register(&app, &email).await;
+    // In different cases: the limit is per address, whatever its spelling.
+    let spellings = [email.clone(), email.to_uppercase()];
+    let answers = futures::future::join_all((0..24).map(|i| {
+        let (app, email) = (&app, &spellings[i % 2]);
+        async move { ask_for_reset(app, email).await.status().as_u16() }
+    }))
+    .await;
+    let accepted = answers.iter().filter(|&&status| status == 202).count();
+    let limited = answers.iter().filter(|&&status| status == 429).count();
+    assert_eq!((accepted, limited), (3, 21), "answers {answers:?}");
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM recovery_attempts WHERE kind = 'reset_requested' AND email = $1::citext",
+    )
+    .bind(&email)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 3, "one attempt recorded per accepted request");
+}
+
+#[tokio::test]
 async fn an_account_email_delivered_twice_is_sent_once_and_none_is_sent_for_an_expired_token_or_an_unknown_email()
  {
     let sink = MailSink::from_env();
