@@ -201,7 +201,7 @@ impl Application {
             Ok(Err(error)) | Err(error) => Some(error),
         };
         metrics::gauge!("actor_tree_owner").set(0.0);
-        state.db.close().await;
+        close_pool(&state.db).await;
         if let Some(error) = lost {
             tracing::error!(%error, "stopped because this instance lost the ownership lease");
             return Err(error);
@@ -212,6 +212,30 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How long closing the pool may wait, at exit, for connections still in use.
+const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes the pool, waiting at most [`POOL_CLOSE_TIMEOUT`] for the connections still in use. By
+/// now the requests have ended and the tree has stopped, so a connection still out belongs to a
+/// task that is stuck (seen after a fenced-out owner's shutdown: one left idle in a transaction).
+/// It must not keep a process that has to exit from exiting: the exit closes its socket and
+/// PostgreSQL rolls its transaction back, and a fenced-out node's writes are refused anyway.
+async fn close_pool(db: &PgPool) {
+    if tokio::time::timeout(POOL_CLOSE_TIMEOUT, db.close())
+        .await
+        .is_err()
+    {
+        let in_use = db
+            .size()
+            .saturating_sub(u32::try_from(db.num_idle()).unwrap_or(u32::MAX));
+        tracing::warn!(
+            in_use,
+            timeout = ?POOL_CLOSE_TIMEOUT,
+            "connections were still in use when the pool closed; exiting without them"
+        );
     }
 }
 
